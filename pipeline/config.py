@@ -1,0 +1,305 @@
+"""Typed run configuration: defaults, TOML loading, command-line overrides, validation.
+
+Every field carries its help text and its allowed values in `metadata`, so the one
+dataclass below is the single place a default or a rule lives. `load_config` builds a
+`RunConfig` from (defaults <- TOML file <- command-line overrides) and validates it once;
+any bad value raises `ConfigError` naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+SCHEDULES = ("pipelined", "lockstep", "sequential", "backprop")
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "digits", "synthetic")
+
+
+def opt(default, help: str, *, choices=None, lo=None, hi=None, each=None):
+    """A config field with its help text and validation rule kept beside the default."""
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "each": each}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(kw_only=True, slots=True)
+class DataConfig:
+    dataset: str = opt("mnist-5k", "dataset name", choices=DATASETS)
+    data_dir: str = opt("", "folder holding the IDX files for mnist / fashion-mnist")
+    train_size: int = opt(4000, "mnist-5k/digits/synthetic: images in the train split", lo=1)
+    split_seed: int = opt(0, "seed of the fixed train/test split of mnist-5k, digits, synthetic", lo=0)
+    train_limit: int = opt(0, "use only the first N training images (0 = all)", lo=0)
+    test_limit: int = opt(0, "use only the first N test images (0 = all)", lo=0)
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    layers: list[int] = opt([784, 1000, 1000, 1000], "widths: input, then one per FF layer", lo=1)
+    normalization: str = opt("rms", "layer-input normalization", choices=("rms", "length", "none"))
+    goodness: str = opt("sum", "goodness of a layer's activity", choices=("sum", "mean"))
+    threshold: list[float] = opt(
+        [], "per-layer goodness threshold theta; empty = the layer's width (sum) or 1.0 (mean)"
+    )
+    label_strength: float = opt(1.0, "value written at the label's position of the overlay", lo=0.0)
+    skip_layers: int = opt(1, "first N layers left out of goodness inference (paper: 1)", lo=0)
+    head: bool = opt(False, "also train a linear softmax head on normalized activities")
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    schedule: str = opt("pipelined", "how the layers are trained", choices=SCHEDULES)
+    epochs: int = opt(60, "passes over the training set (per layer for sequential)", lo=1)
+    batch_size: int = opt(100, "positive samples per step (plus as many negatives)", lo=1)
+    optimizer: str = opt("adam", "per-layer optimizer", choices=("adam", "sgd"))
+    lr: float = opt(1e-3, "learning rate of the FF layers (and backprop)", lo=0.0)
+    momentum: float = opt(0.9, "SGD momentum", lo=0.0, hi=1.0)
+    weight_decay: float = opt(0.0, "L2 weight decay", lo=0.0)
+    lr_schedule: str = opt(
+        "linear-decay", "constant, or linear decay to 0 over the second half (Hinton)",
+        choices=("constant", "linear-decay"),
+    )
+    negatives: str = opt("random", "wrong labels for negatives", choices=("random", "hard"))
+    peer_lambda: float = opt(0.0, "peer-normalization strength (0 = off)", lo=0.0)
+    head_lr: float = opt(1e-3, "learning rate of the softmax head (Adam)", lo=0.0)
+    seed: int = opt(0, "seed for init, batches and negatives", lo=0)
+    log_every: int = opt(20, "steps between log records", lo=1)
+    eval_every: int = opt(0, "steps between test evaluations logged to sink.jsonl "
+                             "(0 = only at the end)", lo=0)
+    threads: int = opt(0, "torch threads for single-process schedules (0 = torch default)", lo=0)
+    device: str = opt("cpu", "device for single-process schedules (cpu, cuda, cuda:N)")
+
+
+@dataclass(kw_only=True, slots=True)
+class PipelineConfig:
+    transport: str = opt("local", "how stages talk", choices=("local", "zmq", "dist"))
+    devices: list[str] = opt([], "device per stage, e.g. cpu,cpu,cuda:0 (empty = cpu)")
+    threads_per_stage: int = opt(1, "torch threads in each stage process", lo=1)
+    queue_size: int = opt(4, "messages a channel holds before the sender blocks", lo=1)
+    queue_policy: str = opt("block", "block = lossless backpressure; latest = skip to freshest",
+                            choices=("block", "latest"))
+    eval_batch: int = opt(100, "test images per eval message (x C label overlays)", lo=1)
+    ckpt_every: int = opt(0, "stage steps between checkpoints (0 = only at stop)", lo=0)
+    resume: bool = opt(False, "continue every stage from ckpt/stage{k}.pt in --out")
+    replay: int = opt(0, "per-stage buffer of recent inputs mixed into training (0 = off)", lo=0)
+    max_staleness: int = opt(-1, "drop train inputs made by upstream versions more than S "
+                                 "updates old (-1 = off)", lo=-1)
+    max_message_mb: int = opt(256, "largest message a decoder accepts, MiB", lo=1)
+    stop_timeout: float = opt(10.0, "seconds children get to exit after stop/Ctrl-C", lo=0.0)
+
+
+@dataclass(kw_only=True, slots=True)
+class DriftConfig:
+    probe_size: int = opt(256, "fixed training images in every probe", lo=2)
+    probe_every: int = opt(100, "source steps between probes (0 = off)", lo=0)
+    ph_series: str = opt("mmd2_ref", "drift series watched by the Page-Hinkley alarm",
+                         choices=("mmd2_ref", "cos_ref", "cos_prev", "mean_shift_ref", "cka_ref"))
+    ph_delta: float = opt(0.005, "Page-Hinkley tolerance delta", lo=0.0)
+    ph_threshold: float = opt(0.5, "Page-Hinkley alarm threshold lambda", lo=0.0)
+    tensorboard: bool = opt(False, "also write TensorBoard events (needs [tensorboard] extra)")
+
+
+@dataclass(kw_only=True, slots=True)
+class NetConfig:
+    host: str = opt("127.0.0.1", "address stages bind and connect to (zmq)")
+    base_port: int = opt(5600, "zmq: stage k listens on base_port + k + 1, sink last", lo=1,
+                         hi=65000)
+    ipc_dir: str = opt("", "zmq: use ipc:// sockets in this folder instead of tcp")
+    endpoints: list[str] = opt([], "zmq: explicit endpoint per receiver (stage0..K-1, sink)")
+    hwm: int = opt(4, "zmq send/receive high-water mark (messages)", lo=1)
+    curve_dir: str = opt("", "zmq: folder made by `ffpipe keys` to turn on CURVE encryption")
+    dist_timeout: float = opt(600.0, "torch.distributed process-group timeout, seconds", lo=1.0)
+
+
+@dataclass(kw_only=True, slots=True)
+class RunConfig:
+    out: str = opt("runs/default", "run folder: config, logs, summary, checkpoints")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+
+    def thresholds(self) -> list[float]:
+        if self.model.threshold:
+            return list(self.model.threshold)
+        widths = self.model.layers[1:]
+        return [float(w) if self.model.goodness == "sum" else 1.0 for w in widths]
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "out"}
+
+# Short flags for the common fields: `--epochs 5` means `--train.epochs=5`.
+SHORT_FLAGS = {
+    "epochs": "train.epochs", "layers": "model.layers", "dataset": "data.dataset",
+    "data-dir": "data.data_dir", "schedule": "train.schedule", "out": "out",
+    "seed": "train.seed", "transport": "pipeline.transport", "devices": "pipeline.devices",
+    "threads-per-stage": "pipeline.threads_per_stage", "replay": "pipeline.replay",
+    "max-staleness": "pipeline.max_staleness", "normalization": "model.normalization",
+    "batch-size": "train.batch_size", "lr": "train.lr", "queue-policy": "pipeline.queue_policy",
+    "eval-every": "train.eval_every", "probe-every": "drift.probe_every",
+}
+BOOL_FLAGS = {"resume": "pipeline.resume", "head": "model.head"}
+
+
+def _field_of(obj, dotted: str):
+    """Return (owner object, dataclass field) for a dotted key like 'train.epochs'."""
+    parts = dotted.replace("-", "_").split(".")
+    owner = obj
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(owner) or part not in SECTIONS:
+            raise ConfigError(f"unknown config section '{part}' in '{dotted}'; "
+                              f"sections: {', '.join(SECTIONS)}")
+        owner = getattr(owner, part)
+    fields = {f.name: f for f in dataclasses.fields(owner)}
+    name = parts[-1]
+    if name not in fields or dataclasses.is_dataclass(getattr(owner, name)):
+        raise ConfigError(f"unknown config key '{dotted}'; "
+                          f"try `ffpipe train --help` for the list")
+    return owner, fields[name]
+
+
+def _coerce(value, tp, key: str):
+    """Convert a TOML or command-line value to the field's declared type."""
+    origin = typing.get_origin(tp)
+    try:
+        if origin is list:
+            (inner,) = typing.get_args(tp)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip()]
+            if not isinstance(value, list):
+                raise ValueError
+            return [_coerce(v, inner, key) for v in value]
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(str(value).strip()) if isinstance(value, str) else int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
+            return str(value)
+    except (ValueError, TypeError):
+        pass
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{key}: expected {name}, got {value!r}")
+
+
+def set_value(cfg: RunConfig, dotted: str, value) -> None:
+    owner, f = _field_of(cfg, dotted)
+    hints = typing.get_type_hints(type(owner))
+    setattr(owner, f.name, _coerce(value, hints[f.name], dotted))
+
+
+def _apply_table(cfg: RunConfig, table: dict, prefix: str = "") -> None:
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            if prefix or key not in SECTIONS:
+                raise ConfigError(f"unknown config section '{dotted}'; "
+                                  f"sections: {', '.join(SECTIONS)}")
+            _apply_table(cfg, value, f"{key}.")
+        else:
+            set_value(cfg, dotted, value)
+
+
+def _check_field(key: str, value, meta: dict) -> None:
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if meta.get("choices") and item not in meta["choices"]:
+            raise ConfigError(f"{key}: {item!r} is not allowed; choose one of "
+                              f"{', '.join(meta['choices'])}")
+        if meta.get("lo") is not None and item < meta["lo"]:
+            raise ConfigError(f"{key}: must be >= {meta['lo']}, got {item!r}")
+        if meta.get("hi") is not None and item > meta["hi"]:
+            raise ConfigError(f"{key}: must be <= {meta['hi']}, got {item!r}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every field's own rule, then the rules that tie fields together."""
+    for key, value, meta in iter_fields(cfg):
+        _check_field(key, value, meta)
+    m, t, p = cfg.model, cfg.train, cfg.pipeline
+    if len(m.layers) < 2:
+        raise ConfigError("model.layers: need the input width and at least one layer, "
+                          "e.g. 784,1000,1000")
+    n_layers = len(m.layers) - 1
+    if m.threshold and len(m.threshold) != n_layers:
+        raise ConfigError(f"model.threshold: give one value per layer ({n_layers}), "
+                          f"got {len(m.threshold)}")
+    if m.skip_layers >= n_layers:
+        raise ConfigError(f"model.skip_layers: must be < the number of layers ({n_layers}), "
+                          f"got {m.skip_layers}")
+    if m.head and n_layers < 2:
+        raise ConfigError("model.head: needs at least 2 layers (it reads layers 1..)")
+    if p.devices and len(p.devices) != n_layers:
+        raise ConfigError(f"pipeline.devices: give one device per layer ({n_layers}), "
+                          f"got {len(p.devices)}")
+    for dev in p.devices + [t.device]:
+        if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and
+                                                    dev[5:].isdigit())):
+            raise ConfigError(f"device {dev!r}: use cpu, cuda or cuda:N")
+    if not cfg.out:
+        raise ConfigError("out: give a run folder, e.g. --out runs/first")
+    if m.label_strength == 0:
+        raise ConfigError("model.label_strength: must be > 0 (the label is the signal)")
+    return cfg
+
+
+def iter_fields(obj, prefix: str = ""):
+    """Yield (dotted key, value, metadata) for every leaf field of a config."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from iter_fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value, f.metadata
+
+
+def load_config(path: str | None = None, overrides: list[tuple[str, object]] = ()) -> RunConfig:
+    """Defaults <- TOML file <- (key, value) overrides, then validated."""
+    cfg = RunConfig()
+    if path:
+        try:
+            table = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found; check the --config path") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        _apply_table(cfg, table)
+    for key, value in overrides:
+        set_value(cfg, key, value)
+    return validate(cfg)
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Rebuild a config from `to_dict` output (e.g. a run's config.json)."""
+    cfg = RunConfig()
+    _apply_table(cfg, {k: v for k, v in d.items()})
+    return validate(cfg)
+
+
+def to_json(cfg: RunConfig) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)

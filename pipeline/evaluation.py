@@ -1,0 +1,37 @@
+"""Single-process evaluation of a trained FF stack: goodness inference and the head.
+
+The pipelined runtime computes the same numbers by streaming eval messages through the
+stages; tests check the two agree.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.ff import head_features, label_scores, overlay
+
+
+def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
+    return (pred.cpu() == y.cpu()).float().mean().item()
+
+
+@torch.no_grad()
+def evaluate(layers, x: torch.Tensor, y: torch.Tensor, cfg: RunConfig, num_classes: int,
+             head=None, device: str = "cpu") -> dict:
+    m = cfg.model
+    x = x.to(device)
+    scores = label_scores(layers, x, num_classes, strength=m.label_strength,
+                          skip=m.skip_layers, kind=m.goodness)
+    out = {"test_accuracy": accuracy(scores.argmax(1), y)}
+    if head is not None:
+        feats = head_features(layers, x, num_classes, m.label_strength, m.normalization)
+        out["head_accuracy"] = accuracy(head(feats).argmax(1), y)
+    return out
+
+
+def probe_inputs(x: torch.Tensor, y: torch.Tensor, cfg: RunConfig, num_classes: int):
+    """The fixed probe set: the first `probe_size` training images with their true label,
+    i.e. positive data, the distribution each layer is trained to call good."""
+    n = min(cfg.drift.probe_size, len(x))
+    return overlay(x[:n], y[:n], num_classes, cfg.model.label_strength)

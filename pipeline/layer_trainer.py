@@ -1,0 +1,99 @@
+"""One FF layer with everything it needs to learn on its own: optimizer, threshold,
+learning-rate schedule, peer normalization, version counter and checkpoint state.
+
+This is the unit every schedule shares: lockstep and sequential hold a list of them in
+one process; the pipelined runtime gives each stage process exactly one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.ff import FFLayer, ff_loss, goodness, normalize
+
+
+def make_optimizer(params, train_cfg, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = train_cfg.lr if lr is None else lr
+    if train_cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=train_cfg.momentum,
+                               weight_decay=train_cfg.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=train_cfg.weight_decay)
+
+
+def lr_gain(schedule: str, progress: float) -> float:
+    """Multiplier on the base learning rate at `progress` in [0, 1] of training.
+
+    linear-decay: 1 for the first half, then linearly down to ~0 at the end, as in
+    Hinton's FF code (which uses (1 + 2 * (E - e)) / E per epoch).
+    """
+    if schedule == "constant" or progress < 0.5:
+        return 1.0
+    return max(2.0 * (1.0 - progress), 0.01)
+
+
+class LayerTrainer:
+    def __init__(self, index: int, cfg: RunConfig, device: str = "cpu"):
+        m = cfg.model
+        self.index = index
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.d_in, self.d_out = m.layers[index], m.layers[index + 1]
+        self.layer = FFLayer(self.d_in, self.d_out, m.normalization).to(self.device)
+        self.opt = make_optimizer(self.layer.parameters(), cfg.train)
+        self.theta = cfg.thresholds()[index]
+        self.version = 0           # number of optimizer steps taken: stamped downstream
+        self.peer_mean = torch.zeros(self.d_out, device=self.device)
+
+    def set_progress(self, progress: float) -> None:
+        gain = lr_gain(self.cfg.train.lr_schedule, progress)
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.train.lr * gain
+
+    def train_step(self, pos: torch.Tensor, neg: torch.Tensor, progress: float):
+        """One optimizer step on (pos, neg); returns normalized detached outputs + stats."""
+        self.set_progress(progress)
+        kind = self.cfg.model.goodness
+        h_pos, h_neg = self.layer(pos), self.layer(neg)
+        g_pos, g_neg = goodness(h_pos, kind), goodness(h_neg, kind)
+        loss = ff_loss(g_pos, g_neg, self.theta)
+        if self.cfg.train.peer_lambda > 0:
+            loss = loss + self.cfg.train.peer_lambda * self._peer_term(h_pos)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.version += 1
+        stats = {"loss": loss.item(), "g_pos": g_pos.mean().item(), "g_neg": g_neg.mean().item()}
+        return self.output(h_pos.detach()), self.output(h_neg.detach()), stats
+
+    def _peer_term(self, h_pos: torch.Tensor) -> torch.Tensor:
+        """Hinton's peer normalization: push each unit's running mean activity toward
+        the layer's average, so no unit stays dead or dominates."""
+        mean = 0.9 * self.peer_mean + 0.1 * h_pos.mean(dim=0)
+        self.peer_mean = mean.detach()
+        return (mean - mean.mean().detach()).pow(2).sum()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """What this layer sends on: its activity, normalized, detached."""
+        return normalize(h, self.cfg.model.normalization)
+
+    def goodness(self, h: torch.Tensor) -> torch.Tensor:
+        return goodness(h, self.cfg.model.goodness)
+
+    def state_dict(self) -> dict:
+        return {"layer": self.layer.state_dict(), "opt": self.opt.state_dict(),
+                "version": self.version, "peer_mean": self.peer_mean.cpu(),
+                "index": self.index, "shape": [self.d_in, self.d_out]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("shape") != [self.d_in, self.d_out]:
+            raise ValueError(f"checkpoint is for a layer of shape {state.get('shape')}, "
+                             f"this layer is {[self.d_in, self.d_out]}")
+        self.layer.load_state_dict(state["layer"])
+        self.opt.load_state_dict(state["opt"])
+        self.version = int(state["version"])
+        self.peer_mean = state["peer_mean"].to(self.device)

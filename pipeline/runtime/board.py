@@ -1,0 +1,83 @@
+"""Version boards: where each stage publishes its current version (number of updates),
+so a downstream stage can tell how stale an input is:
+
+    staleness_j = (stage j's version now) - (stage j's version stamped in the message)
+
+`SharedBoard` (local transport) is a shared-memory array: exact. `StoreBoard` (zmq and
+dist) publishes through a torch.distributed key-value store every few updates, so its
+staleness is accurate to that interval. Without a board, staleness is measured from the
+stamps alone (newest stamp seen minus this message's stamp): a lower bound.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+class StampBoard:
+    """No shared state: the newest stamp seen for each upstream stands in for 'now'."""
+
+    def __init__(self) -> None:
+        self.newest: dict[int, int] = {}
+
+    def publish(self, k: int, version: int) -> None:
+        pass
+
+    def observe(self, versions: list[int]) -> None:
+        for j, v in enumerate(versions):
+            self.newest[j] = max(self.newest.get(j, 0), v)
+
+    def current(self, j: int) -> int:
+        return self.newest.get(j, 0)
+
+    def staleness(self, versions: list[int]) -> list[int]:
+        self.observe(versions)
+        return [max(self.current(j) - v, 0) for j, v in enumerate(versions)]
+
+
+class SharedBoard(StampBoard):
+    def __init__(self, array) -> None:
+        super().__init__()
+        self.array = array  # multiprocessing.Array('q', K, lock=False)
+
+    def publish(self, k: int, version: int) -> None:
+        self.array[k] = version
+
+    def current(self, j: int) -> int:
+        return max(self.array[j], self.newest.get(j, 0))
+
+
+class StoreBoard(StampBoard):
+    """Versions through a c10d Store (TCPStore): one set per `every` updates, reads cached
+    for `every` calls. Store errors (peer restarting) fall back to stamps, logged once."""
+
+    def __init__(self, store, every: int = 10) -> None:
+        super().__init__()
+        self.store, self.every = store, max(every, 1)
+        self.cache: dict[int, int] = {}
+        self.calls = 0
+        self.broken = False
+
+    def publish(self, k: int, version: int) -> None:
+        if version % self.every == 0 and not self.broken:
+            self._guard(lambda: self.store.set(f"ffpipe/version/{k}", str(version)))
+
+    def current(self, j: int) -> int:
+        if self.calls % self.every == 0 and not self.broken:
+            self._guard(lambda: self.cache.__setitem__(
+                j, int(self.store.get(f"ffpipe/version/{j}")) if self.store.check(
+                    [f"ffpipe/version/{j}"]) else 0))
+        return max(self.cache.get(j, 0), self.newest.get(j, 0))
+
+    def staleness(self, versions: list[int]) -> list[int]:
+        self.calls += 1
+        return super().staleness(versions)
+
+    def _guard(self, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:  # store gone (source restarting): keep training
+            self.broken = True
+            log.warning("version board unavailable (%s); staleness from stamps only", exc)

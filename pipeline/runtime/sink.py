@@ -1,0 +1,125 @@
+"""The sink: end of the pipeline. Turns eval accumulators into accuracy (goodness
+inference, and the head's if it is on), logs accuracy over time to sink.jsonl, shows the
+progress bar, and writes summary.json when the stop arrives.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import RunConfig
+from pipeline.ff import LinearHead
+from pipeline.recorder import base_summary
+from pipeline.runlog import JsonlWriter, Progress, write_json_atomic
+from pipeline.runtime.flow import Flow
+from pipeline.wire import Message
+
+
+class EvalTally:
+    """Correct counts for one streamed evaluation, filled chunk by chunk."""
+
+    def __init__(self, meta: dict):
+        self.step, self.final, self.n_chunks = meta["step"], meta["final"], meta["n_chunks"]
+        self.chunks, self.n, self.correct, self.head_correct = 0, 0, 0, 0
+        self.scores: dict[int, torch.Tensor] = {}
+
+
+class Sink:
+    def __init__(self, cfg: RunConfig, num_classes: int, train_size: int, flow: Flow,
+                 run_start: float | None = None, total_samples: int | None = None):
+        self.cfg, self.C, self.flow = cfg, num_classes, flow
+        self.out = Path(cfg.out)
+        self.run_start = run_start or time.time()
+        self.samples = 0
+        self.t_last_train = None
+        self.tallies: dict[int, EvalTally] = {}
+        self.final: dict = {}
+        self.history: list[dict] = []
+        total = total_samples or cfg.train.epochs * train_size
+        self.progress = Progress(total, "pipelined")
+        self.head = self.head_opt = None
+        if cfg.model.head:
+            self.head = LinearHead(cfg.model.layers[2:], num_classes)
+            self.head_opt = torch.optim.Adam(self.head.parameters(), lr=cfg.train.head_lr)
+
+    def run(self) -> dict:
+        log = JsonlWriter(self.out / "sink.jsonl", append=self.cfg.pipeline.resume)
+        try:
+            while True:
+                msg = self.flow.recv()
+                if msg.kind == "train":
+                    self.on_train(msg)
+                elif msg.kind == "eval":
+                    rec = self.on_eval(msg)
+                    if rec is not None:
+                        log.write(rec)
+                elif msg.kind == "ctrl" and msg.meta["op"] == "stop":
+                    return self.finish(msg.meta.get("stages", []), interrupted=False)
+        except BaseException:
+            self.finish([], interrupted=True)
+            raise
+        finally:
+            log.close()
+            self.progress.close()
+
+    def on_train(self, msg: Message) -> None:
+        n = msg.meta["n"]
+        self.samples += n
+        self.t_last_train = time.time()
+        self.progress.update(n)
+        if self.head is not None and "feats" in msg.tensors:
+            loss = F.cross_entropy(self.head(msg.tensors["feats"].float()), msg.tensors["y"])
+            self.head_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.head_opt.step()
+
+    def on_eval(self, msg: Message) -> dict | None:
+        meta = msg.meta
+        tally = self.tallies.setdefault(meta["eval_id"], EvalTally(meta))
+        scores = msg.tensors["acc"].float().view(-1, self.C)
+        y = msg.tensors["y"]
+        tally.chunks += 1
+        tally.n += len(y)
+        tally.correct += int((scores.argmax(1) == y).sum())
+        if tally.final:
+            tally.scores[meta["chunk"]] = scores.clone()
+        if self.head is not None and "feats" in msg.tensors:
+            with torch.no_grad():
+                pred = self.head(msg.tensors["feats"].float()).argmax(1)
+            tally.head_correct += int((pred == y).sum())
+        if tally.chunks < tally.n_chunks:
+            return None
+        del self.tallies[meta["eval_id"]]
+        rec = {"kind": "eval", "step": tally.step, "eval_id": meta["eval_id"],
+               "time": time.time() - self.run_start, "samples": self.samples,
+               "final": tally.final, "test_accuracy": tally.correct / max(tally.n, 1)}
+        if self.head is not None:
+            rec["head_accuracy"] = tally.head_correct / max(tally.n, 1)
+        self.history.append(rec)
+        self.progress.update(0, acc=rec["test_accuracy"])
+        if tally.final:
+            self.final = rec
+            scores = torch.cat([tally.scores[c] for c in sorted(tally.scores)])
+            torch.save(scores, self.out / "eval_scores.pt")
+        return rec
+
+    def finish(self, stages: list[dict], interrupted: bool) -> dict:
+        last = self.final or (self.history[-1] if self.history else {})
+        train_s = (self.t_last_train or time.time()) - self.run_start
+        summary = {**base_summary(self.cfg), "transport": self.cfg.pipeline.transport,
+                   "queue_policy": self.cfg.pipeline.queue_policy,
+                   "test_accuracy": last.get("test_accuracy"),
+                   "train_samples": self.samples,
+                   "wall_seconds": time.time() - self.run_start, "train_seconds": train_s,
+                   "samples_per_second": self.samples / max(train_s, 1e-9),
+                   "stages": [{k: v for k, v in s.items() if k != "drift"} for s in stages],
+                   "drift": [s.get("drift", {}) for s in stages],
+                   "interrupted": interrupted}
+        if "head_accuracy" in last:
+            summary["head_accuracy"] = last["head_accuracy"]
+        write_json_atomic(self.out / "summary.json", summary)
+        return summary

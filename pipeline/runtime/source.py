@@ -1,0 +1,101 @@
+"""The source: streams epochs of train batches (positives and negatives built here),
+injects eval batches (held-out images x every label) and probe batches (the same fixed
+training images every time), then a final evaluation and a stop.
+
+Batches are a pure function of (seed, epoch, step), so a resumed source regenerates
+exactly the stream it would have sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.datasets import Dataset
+from pipeline.evaluation import probe_inputs
+from pipeline.ff import overlay, overlay_all, random_wrong_labels
+from pipeline.runtime import checkpoint
+from pipeline.runtime.flow import Flow
+from pipeline.wire import Message, ctrl
+
+log = logging.getLogger(__name__)
+
+
+class Source:
+    def __init__(self, cfg: RunConfig, ds: Dataset, flow: Flow):
+        self.cfg, self.ds, self.flow = cfg, ds, flow
+        self.C = ds.num_classes
+        self.n, self.B = len(ds.x_train), cfg.train.batch_size
+        self.per_epoch = math.ceil(self.n / self.B)
+        self.total = cfg.train.epochs * self.per_epoch
+        self.ckpt = checkpoint.ckpt_path(cfg.out, "source")
+        self.eval_id = 0
+
+    def batches(self, start_step: int = 0):
+        """(step, epoch, x, y, wrong) for every step from `start_step` on."""
+        for epoch in range(self.cfg.train.epochs):
+            gen = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
+            perm = torch.randperm(self.n, generator=gen)
+            for b in range(self.per_epoch):
+                step = epoch * self.per_epoch + b
+                idx = perm[b * self.B:(b + 1) * self.B]
+                wrong = random_wrong_labels(self.ds.y_train[idx], self.C, gen)
+                if step >= start_step:
+                    yield step, epoch, self.ds.x_train[idx], self.ds.y_train[idx], wrong
+
+    def run(self) -> None:
+        state = checkpoint.load(self.ckpt) if self.cfg.pipeline.resume else None
+        start = state["step"] if state else 0
+        self.eval_id = state["eval_id"] if state else 0
+        if start:
+            log.info("source: resuming at step %d of %d", start, self.total)
+        s = self.cfg.model.label_strength
+        probe, probe_every = self.probe(), self.cfg.drift.probe_every
+        eval_every, ckpt_every = self.cfg.train.eval_every, self.cfg.pipeline.ckpt_every
+        epoch_seen = None
+        for step, epoch, x, y, wrong in self.batches(start):
+            if epoch != epoch_seen and epoch_seen is not None:
+                self.flow.send(ctrl("epoch", epoch=epoch, step=step))
+            epoch_seen = epoch
+            if probe_every and step % probe_every == 0:
+                self.flow.send(Message("probe", meta={"step": step}, tensors={"x": probe}))
+            tensors = {"pos": overlay(x, y, self.C, s), "neg": overlay(x, wrong, self.C, s)}
+            if self.cfg.model.head:
+                tensors.update(neutral=overlay(x, None, self.C, s), y=y)
+            self.flow.send(Message("train", meta={"step": step, "epoch": epoch,
+                                                  "total": self.total, "n": len(x)},
+                                   tensors=tensors))
+            done = step + 1
+            if eval_every and done % eval_every == 0 and done < self.total:
+                self.send_eval(done, final=False)
+            if ckpt_every and done % ckpt_every == 0:
+                self.flow.send(ctrl("checkpoint", step=done))
+                self.save(done)
+        self.send_eval(self.total, final=True)
+        self.flow.send(ctrl("stop", step=self.total))
+        self.save(self.total)
+
+    def probe(self) -> torch.Tensor:
+        return probe_inputs(self.ds.x_train, self.ds.y_train, self.cfg, self.C)
+
+    def send_eval(self, step: int, final: bool) -> None:
+        x, y = self.ds.x_test, self.ds.y_test
+        eb = self.cfg.pipeline.eval_batch
+        chunks = math.ceil(len(x) / eb)
+        s = self.cfg.model.label_strength
+        for c in range(chunks):
+            xc, yc = x[c * eb:(c + 1) * eb], y[c * eb:(c + 1) * eb]
+            tensors = {"x": overlay_all(xc, self.C, s),
+                       "acc": torch.zeros(len(xc) * self.C), "y": yc}
+            if self.cfg.model.head:
+                tensors["neutral"] = overlay(xc, None, self.C, s)
+            self.flow.send(Message("eval", meta={"eval_id": self.eval_id, "chunk": c,
+                                                 "n_chunks": chunks, "step": step,
+                                                 "final": final}, tensors=tensors))
+        self.eval_id += 1
+
+    def save(self, step: int) -> None:
+        checkpoint.save_atomic(self.ckpt, {"step": step, "eval_id": self.eval_id})

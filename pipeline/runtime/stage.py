@@ -1,0 +1,216 @@
+"""`StageWorker`: one FF layer as its own process. Receive, act by kind, forward.
+
+    train  one optimizer step on (pos, neg); forward the normalized, detached outputs
+    eval   no update; add this layer's goodness to the per-candidate accumulator; forward
+    probe  no update; record drift of this stage's input; forward
+    ctrl   stop / checkpoint / epoch: act, then forward
+
+Every forwarded message gets this stage's version (its number of updates) appended to
+`versions`, so any stage downstream can tell how stale its input is.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.drift import DriftMonitor
+from pipeline.layer_trainer import LayerTrainer
+from pipeline.recorder import LayerStats
+from pipeline.runlog import JsonlWriter
+from pipeline.runtime import checkpoint
+from pipeline.runtime.board import StampBoard
+from pipeline.runtime.flow import Flow
+from pipeline.runtime.replay import ReplayBuffer
+from pipeline.wire import Message
+
+log = logging.getLogger(__name__)
+DRAIN_LIMIT = 64  # 'latest' policy: most messages pulled ahead to find the freshest
+
+
+class StageWorker:
+    def __init__(self, index: int, cfg: RunConfig, flow: Flow, board=None,
+                 device: str = "cpu"):
+        self.k, self.cfg, self.flow = index, cfg, flow
+        self.K = len(cfg.model.layers) - 1
+        self.last = index == self.K - 1
+        self.board = board or StampBoard()
+        self.device = torch.device(device)
+        self.trainer = LayerTrainer(index, cfg, device)
+        self.monitor = DriftMonitor(index, cfg.drift)
+        self.replay = ReplayBuffer(cfg.pipeline.replay) if cfg.pipeline.replay else None
+        self.ckpt = checkpoint.ckpt_path(cfg.out, f"stage{index}")
+        self.pending: collections.deque[Message] = collections.deque()
+        self.stats = LayerStats()
+        self.samples = self.drops = self.stale_drops = 0
+        self.source_step = 0
+        self.stale_sum = [0.0] * index
+        self.stale_n = 0
+        self.stale_total, self.stale_count = 0.0, 0
+        self.t_start = time.monotonic()
+        self._last_log = (self.t_start, 0)
+        self.log = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def run(self) -> None:
+        if self.cfg.pipeline.resume:
+            self.restore()
+        self.log = JsonlWriter(Path(self.cfg.out) / f"stage{self.k}.jsonl",
+                               append=self.cfg.pipeline.resume)
+        try:
+            while True:
+                msg = self.next_message()
+                out = getattr(self, f"on_{msg.kind}")(msg)
+                if out is not None:
+                    self.flow.send(out)
+                if msg.kind == "ctrl" and msg.meta["op"] == "stop":
+                    return
+        finally:
+            self.save()
+            self.log.close()
+
+    def restore(self) -> None:
+        state = checkpoint.load(self.ckpt)
+        if state is None:
+            log.info("stage %d: no checkpoint at %s, starting fresh", self.k, self.ckpt)
+            return
+        self.trainer.load_state_dict(state["trainer"])
+        self.samples, self.source_step = state["samples"], state["source_step"]
+        log.info("stage %d: resumed at version %d", self.k, self.trainer.version)
+
+    def save(self) -> None:
+        checkpoint.save_atomic(self.ckpt, {
+            "trainer": self.trainer.state_dict(), "samples": self.samples,
+            "source_step": self.source_step, "drops": self.drops})
+
+    # ---- input policy ----------------------------------------------------------------
+    def next_message(self) -> Message:
+        if not self.pending:
+            self.pending.append(self.flow.recv())
+        if self.cfg.pipeline.queue_policy == "latest":
+            while len(self.pending) < DRAIN_LIMIT and (m := self.flow.poll()) is not None:
+                self.pending.append(m)
+            trains = [i for i, m in enumerate(self.pending) if m.kind == "train"]
+            if len(trains) > 1:  # keep only the freshest train input; never drop the rest
+                keep = trains[-1]
+                self.drops += len(trains) - 1
+                self.pending = collections.deque(
+                    m for i, m in enumerate(self.pending) if m.kind != "train" or i == keep)
+        return self.pending.popleft()
+
+    def forward_as(self, msg: Message, tensors: dict, version: int) -> Message:
+        return Message(kind=msg.kind, versions=msg.versions + [version], meta=msg.meta,
+                       tensors=tensors)
+
+    def t(self, msg: Message, name: str) -> torch.Tensor:
+        return msg.tensors[name].to(self.device, non_blocking=True)
+
+    # ---- message kinds ---------------------------------------------------------------
+    def on_train(self, msg: Message) -> Message | None:
+        stale = self.board.staleness(msg.versions)
+        s_max = self.cfg.pipeline.max_staleness
+        if s_max >= 0 and stale and max(stale) > s_max:
+            self.stale_drops += 1
+            return None
+        pos, neg = self.t(msg, "pos"), self.t(msg, "neg")
+        n = len(pos)
+        if self.replay is not None:
+            fresh = (pos, neg)
+            pos, neg = self.replay.mix(pos, neg)
+            self.replay.add(*fresh)
+        meta = msg.meta
+        out_pos, out_neg, stats = self.trainer.train_step(pos, neg, meta["step"] / meta["total"])
+        self.board.publish(self.k, self.trainer.version)
+        self.stats.add(stats)
+        self.samples += n
+        self.source_step = meta["step"]
+        for j, s in enumerate(stale):
+            self.stale_sum[j] += s
+        self.stale_n += 1
+        if stale:
+            self.stale_total += sum(stale) / len(stale)
+            self.stale_count += 1
+        if self.trainer.version % self.cfg.train.log_every == 0:
+            self.write_train_record()
+        tensors = {} if self.last else {"pos": out_pos[:n], "neg": out_neg[:n]}
+        tensors.update(self.head_tensors(msg))
+        return self.forward_as(msg, tensors, self.trainer.version)
+
+    def head_tensors(self, msg: Message) -> dict:
+        """Head inputs ride along: the neutral-label rows and the features gathered so far."""
+        if "neutral" not in msg.tensors:
+            return {}
+        h = self.trainer.forward(self.t(msg, "neutral"))
+        out = {"y": msg.tensors["y"]}
+        feats = [msg.tensors["feats"].to(self.device)] if "feats" in msg.tensors else []
+        if self.k >= 1:
+            feats.append(self.trainer.output(h))
+        if feats:
+            out["feats"] = torch.cat(feats, dim=1)
+        if not self.last:
+            out["neutral"] = self.trainer.output(h)
+        return out
+
+    def on_eval(self, msg: Message) -> Message:
+        h = self.trainer.forward(self.t(msg, "x"))
+        acc = self.t(msg, "acc")
+        if self.k >= self.cfg.model.skip_layers:
+            acc = acc + self.trainer.goodness(h)  # never write into a received buffer
+        tensors = {"acc": acc, "y": msg.tensors["y"]}
+        if not self.last:
+            tensors["x"] = self.trainer.output(h)
+        tensors.update(self.head_tensors(msg))
+        return self.forward_as(msg, tensors, self.trainer.version)
+
+    def on_probe(self, msg: Message) -> Message:
+        x = self.t(msg, "x")
+        rec = self.monitor.observe(
+            x, self.trainer.version, source_step=msg.meta.get("step", 0),
+            time=time.monotonic() - self.t_start, staleness=self.board.staleness(msg.versions))
+        self.log.write(rec)
+        tensors = {} if self.last else {"x": self.trainer.output(self.trainer.forward(x))}
+        return self.forward_as(msg, tensors, self.trainer.version)
+
+    def on_ctrl(self, msg: Message) -> Message:
+        op = msg.meta["op"]
+        if op == "checkpoint":
+            self.save()
+        elif op == "stop":
+            self.write_train_record()
+            msg.meta = {**msg.meta, "stages": msg.meta.get("stages", []) + [self.final_stats()]}
+        return self.forward_as(msg, {}, self.trainer.version)
+
+    # ---- logging ---------------------------------------------------------------------
+    def write_train_record(self) -> None:
+        now = time.monotonic()
+        t_prev, s_prev = self._last_log
+        self._last_log = (now, self.samples)
+        wait_recv, wait_send = self.flow.take_waits()
+        n = max(self.stale_n, 1)
+        rec = {"kind": "train", "stage": self.k, "step": self.trainer.version,
+               "source_step": self.source_step, "time": now - self.t_start,
+               "samples": self.samples,
+               "samples_per_s": (self.samples - s_prev) / max(now - t_prev, 1e-9),
+               **self.stats.means(), "queue_depth": self.flow.inbox.depth(),
+               "drops": self.drops, "stale_drops": self.stale_drops,
+               "rejected": self.flow.inbox.rejected, "gaps": self.flow.inbox.gaps,
+               "staleness": [s / n for s in self.stale_sum],
+               "wait_recv_s": wait_recv, "wait_send_s": wait_send,
+               "lr": self.trainer.opt.param_groups[0]["lr"]}
+        self.stats.reset()
+        self.stale_sum, self.stale_n = [0.0] * self.k, 0
+        self.log.write(rec)
+
+    def final_stats(self) -> dict:
+        elapsed = time.monotonic() - self.t_start
+        return {"stage": self.k, "samples": self.samples, "version": self.trainer.version,
+                "samples_per_s": self.samples / max(elapsed, 1e-9), "drops": self.drops,
+                "stale_drops": self.stale_drops, "rejected": self.flow.inbox.rejected,
+                "gaps": self.flow.inbox.gaps,
+                "mean_staleness": self.stale_total / max(self.stale_count, 1),
+                "drift": self.monitor.summary()}

@@ -1,0 +1,276 @@
+"""The single-process reference schedules the pipelined runtime is measured against.
+
+lockstep:   every batch goes through all layers; every layer takes its step (the usual
+            FF implementation).
+sequential: train layer 0 for all epochs, freeze it, then layer 1 on its outputs, ...
+            (train A to completion, then B).
+backprop:   the same architecture trained end to end with cross-entropy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.config import RunConfig
+from pipeline.datasets import Dataset
+from pipeline.evaluation import evaluate, probe_inputs
+from pipeline.ff import (FFLayer, LinearHead, head_features, hard_wrong_labels, label_scores,
+                         normalize, overlay, random_wrong_labels)
+from pipeline.layer_trainer import LayerTrainer, lr_gain, make_optimizer
+from pipeline.recorder import Recorder
+from pipeline.runlog import Progress
+
+
+def on_device(ds: Dataset, device: str) -> Dataset:
+    if device == "cpu":
+        return ds
+    return Dataset(ds.name, ds.x_train.to(device), ds.y_train.to(device), ds.x_test.to(device),
+                   ds.y_test.to(device), ds.num_classes)
+
+
+def setup_torch(cfg: RunConfig) -> torch.Generator:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    return torch.Generator().manual_seed(cfg.train.seed)
+
+
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator):
+    perm = torch.randperm(n, generator=gen)
+    for start in range(0, n, batch_size):
+        yield perm[start:start + batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+class NegativeLabels:
+    """Wrong labels for a batch: uniform, or 'hard' ones drawn from the model's own scores
+    on the whole training set, refreshed once per epoch (as in Hinton's code)."""
+
+    def __init__(self, cfg: RunConfig, ds: Dataset, gen: torch.Generator):
+        self.cfg, self.ds, self.gen = cfg, ds, gen
+        self.per_image = None
+
+    def refresh(self, layers: list, skip: int) -> None:
+        if self.cfg.train.negatives != "hard":
+            return
+        m = self.cfg.model
+        scores = label_scores(layers, self.ds.x_train, self.ds.num_classes,
+                              strength=m.label_strength, skip=skip, kind=m.goodness)
+        # Goodness sums are O(width); scale so the softmax is not a hard argmax.
+        scores = scores / max(sum(l.linear.out_features for l in layers[skip:]), 1) * 10
+        self.per_image = hard_wrong_labels(scores, self.ds.y_train, self.gen)
+
+    def __call__(self, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.per_image is not None:
+            return self.per_image[idx]
+        return random_wrong_labels(y, self.ds.num_classes, self.gen)
+
+
+def make_pair(x, y, wrong, cfg: RunConfig, num_classes: int):
+    s = cfg.model.label_strength
+    return overlay(x, y, num_classes, s), overlay(x, wrong, num_classes, s)
+
+
+class HeadTrainer:
+    """Optional linear softmax head on the normalized activities of layers 1.."""
+
+    def __init__(self, cfg: RunConfig, num_classes: int):
+        self.cfg = cfg
+        self.head = LinearHead(cfg.model.layers[2:], num_classes)
+        self.opt = torch.optim.Adam(self.head.parameters(), lr=cfg.train.head_lr)
+        self.num_classes = num_classes
+
+    def step(self, layers, x, y) -> float:
+        m = self.cfg.model
+        feats = head_features(layers, x, self.num_classes, m.label_strength, m.normalization)
+        loss = F.cross_entropy(self.head(feats), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+
+def _probe(rec: Recorder, trainers: list[LayerTrainer], probe, step: int, upto: int) -> None:
+    """Feed the fixed probe set through layers 0..upto-1, recording each layer's input."""
+    h = probe
+    with torch.no_grad():
+        for k, tr in enumerate(trainers[:upto]):
+            rec.observe(k, h, step)
+            h = tr.output(tr.forward(h))
+
+
+def _eval(cfg, ds, layers, head, rec, step, samples, final=False) -> dict:
+    metrics = evaluate(layers, ds.x_test, ds.y_test, cfg, ds.num_classes,
+                       head=head.head if head else None)
+    rec.log_eval(step, samples, metrics, final=final)
+    return metrics
+
+
+def _finish(cfg, ds, rec, layers, head, step, samples, t0, train_s, progress) -> dict:
+    progress.close()
+    metrics = _eval(cfg, ds, layers, head, rec, step, samples, final=True)
+    wall = time.monotonic() - t0
+    return rec.finish({**metrics, "train_samples": samples, "wall_seconds": wall,
+                       "train_seconds": train_s,
+                       "samples_per_second": samples / max(train_s, 1e-9)})
+
+
+def train_lockstep(cfg: RunConfig, ds: Dataset) -> dict:
+    gen = setup_torch(cfg)
+    t0 = time.monotonic()
+    K = len(cfg.model.layers) - 1
+    trainers = [LayerTrainer(k, cfg, cfg.train.device) for k in range(K)]
+    layers = [tr.layer for tr in trainers]
+    head = HeadTrainer(cfg, ds.num_classes) if cfg.model.head else None
+    rec, negs = Recorder(cfg, K), NegativeLabels(cfg, ds, gen)
+    probe = probe_inputs(ds.x_train, ds.y_train, cfg, ds.num_classes)
+    n, B, C = len(ds.x_train), cfg.train.batch_size, ds.num_classes
+    total = cfg.train.epochs * steps_per_epoch(n, B)
+    progress = Progress(cfg.train.epochs * n, f"{cfg.train.schedule}")
+    step = samples = 0
+    for epoch in range(cfg.train.epochs):
+        negs.refresh(layers, cfg.model.skip_layers)
+        for idx in epoch_batches(n, B, gen):
+            x, y = ds.x_train[idx], ds.y_train[idx]
+            if cfg.drift.probe_every and step % cfg.drift.probe_every == 0:
+                _probe(rec, trainers, probe, step, K)
+            pos, neg = make_pair(x, y, negs(idx, y), cfg, C)
+            for k, tr in enumerate(trainers):
+                pos, neg, stats = tr.train_step(pos, neg, step / total)
+                rec.add(k, stats)
+            if head:
+                head.step(layers, x, y)
+            step, samples = step + 1, samples + len(idx)
+            progress.update(len(idx), epoch=epoch)
+            if step % cfg.train.log_every == 0:
+                for k in range(K):
+                    rec.log_layer(k, step, samples, lr=cfg.train.lr * lr_gain(
+                        cfg.train.lr_schedule, step / total))
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0:
+                acc = _eval(cfg, ds, layers, head, rec, step, samples)
+                progress.update(0, acc=acc["test_accuracy"])
+    train_s = time.monotonic() - t0
+    return _finish(cfg, ds, rec, layers, head, step, samples, t0, train_s, progress)
+
+
+def train_sequential(cfg: RunConfig, ds: Dataset) -> dict:
+    """Layer k trains for all epochs on the outputs of the frozen layers 0..k-1."""
+    gen = setup_torch(cfg)
+    t0 = time.monotonic()
+    K = len(cfg.model.layers) - 1
+    trainers = [LayerTrainer(k, cfg, cfg.train.device) for k in range(K)]
+    layers = [tr.layer for tr in trainers]
+    head = HeadTrainer(cfg, ds.num_classes) if cfg.model.head else None
+    rec, negs = Recorder(cfg, K), NegativeLabels(cfg, ds, gen)
+    probe = probe_inputs(ds.x_train, ds.y_train, cfg, ds.num_classes)
+    n, B, C = len(ds.x_train), cfg.train.batch_size, ds.num_classes
+    per_layer = cfg.train.epochs * steps_per_epoch(n, B)
+    progress = Progress(K * cfg.train.epochs * n, "sequential")
+    step = 0
+    for k, tr in enumerate(trainers):
+        local = 0
+        for p in tr.layer.parameters():
+            p.requires_grad_(True)
+        for epoch in range(cfg.train.epochs):
+            negs.refresh(layers[:k + 1], min(cfg.model.skip_layers, k))
+            for idx in epoch_batches(n, B, gen):
+                x, y = ds.x_train[idx], ds.y_train[idx]
+                if cfg.drift.probe_every and local % cfg.drift.probe_every == 0:
+                    _probe(rec, trainers, probe, step, k + 1)
+                pos, neg = make_pair(x, y, negs(idx, y), cfg, C)
+                with torch.no_grad():  # frozen upstream: plain inference
+                    for up in trainers[:k]:
+                        pos, neg = up.output(up.forward(pos)), up.output(up.forward(neg))
+                _, _, stats = tr.train_step(pos, neg, local / per_layer)
+                rec.add(k, stats)
+                local, step = local + 1, step + 1
+                progress.update(len(idx), layer=k)
+                if local % cfg.train.log_every == 0:
+                    rec.log_layer(k, step, local * B)
+        for p in tr.layer.parameters():
+            p.requires_grad_(False)
+    if head:  # the head needs every layer: train it last, same number of epochs
+        for _ in range(cfg.train.epochs):
+            for idx in epoch_batches(n, B, gen):
+                head.step(layers, ds.x_train[idx], ds.y_train[idx])
+    train_s = time.monotonic() - t0
+    samples = cfg.train.epochs * n
+    return _finish(cfg, ds, rec, layers, head, step, samples, t0, train_s, progress)
+
+
+class BackpropNet(nn.Module):
+    """The FF architecture (normalize -> linear -> relu per layer) plus a linear readout."""
+
+    def __init__(self, cfg: RunConfig, num_classes: int):
+        super().__init__()
+        w, norm = cfg.model.layers, cfg.model.normalization
+        self.layers = nn.ModuleList(FFLayer(w[i], w[i + 1], norm) for i in range(len(w) - 1))
+        self.readout = nn.Linear(w[-1], num_classes)
+        self.norm = norm
+
+    def forward(self, x, inputs: list | None = None):
+        for layer in self.layers:
+            if inputs is not None:
+                inputs.append(x)
+            x = normalize(layer(x), self.norm)
+        return self.readout(x)
+
+
+def train_backprop(cfg: RunConfig, ds: Dataset) -> dict:
+    gen = setup_torch(cfg)
+    t0 = time.monotonic()
+    net = BackpropNet(cfg, ds.num_classes).to(cfg.train.device)
+    opt = make_optimizer(net.parameters(), cfg.train)
+    K = len(net.layers)
+    rec = Recorder(cfg, K)
+    probe = probe_inputs(ds.x_train, ds.y_train, cfg, ds.num_classes)
+    n, B, C = len(ds.x_train), cfg.train.batch_size, ds.num_classes
+    total = cfg.train.epochs * steps_per_epoch(n, B)
+    progress = Progress(cfg.train.epochs * n, "backprop")
+    neutral = lambda x: overlay(x, None, C, cfg.model.label_strength)  # noqa: E731
+    step = samples = 0
+    for epoch in range(cfg.train.epochs):
+        for idx in epoch_batches(n, B, gen):
+            if cfg.drift.probe_every and step % cfg.drift.probe_every == 0:
+                inputs = []
+                with torch.no_grad():
+                    net(neutral(probe), inputs)
+                for k, x_in in enumerate(inputs):
+                    rec.observe(k, x_in, step)
+            for g in opt.param_groups:
+                g["lr"] = cfg.train.lr * lr_gain(cfg.train.lr_schedule, step / total)
+            loss = F.cross_entropy(net(neutral(ds.x_train[idx])), ds.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step, samples = step + 1, samples + len(idx)
+            progress.update(len(idx), epoch=epoch)
+            for k in range(K):
+                rec.add(k, {"loss": loss.item(), "g_pos": 0.0, "g_neg": 0.0})
+                if step % cfg.train.log_every == 0:
+                    rec.log_layer(k, step, samples)
+    train_s = time.monotonic() - t0
+    progress.close()
+    with torch.no_grad():
+        pred = net(neutral(ds.x_test)).argmax(1)
+    metrics = {"test_accuracy": (pred == ds.y_test).float().mean().item()}
+    rec.log_eval(step, samples, metrics, final=True)
+    return rec.finish({**metrics, "train_samples": samples,
+                       "wall_seconds": time.monotonic() - t0, "train_seconds": train_s,
+                       "samples_per_second": samples / max(train_s, 1e-9)})
+
+
+SINGLE_PROCESS = {"lockstep": train_lockstep, "sequential": train_sequential,
+                  "backprop": train_backprop}
+
+
+def run_single(cfg: RunConfig, ds: Dataset) -> dict:
+    return SINGLE_PROCESS[cfg.train.schedule](cfg, on_device(ds, cfg.train.device))

@@ -1,0 +1,140 @@
+"""`dist` transport: one hop is point-to-point `torch.distributed` send/recv between ranks.
+
+Launched by `torchrun`, one rank per stage (plus source and sink). A message is a fixed
+sequence of sends to the peer rank:
+
+    int64[1] header length  ->  uint8[n] msgpack header  ->  one send per non-empty tensor
+
+The receiver validates the header with `wire.unpack_header` before allocating anything
+for the tensors, then allocates each tensor from the validated spec (on `device`) and
+receives straight into it: no frames, no extra copy. gloo moves CPU tensors; NCCL needs
+every tensor on the rank's GPU, which is what `device` is for.
+
+Two things differ from the byte-stream transports:
+- A bad header is fatal (`WireError` is raised, after counting it in `rejected`). The
+  receiver cannot know how many tensor sends follow a header it cannot read, so the stream
+  cannot be resynchronised; peers are ranks of one job, so this means a bug or mismatched
+  versions, not a stranger on the network.
+- `torch.distributed` receives have no timeout of their own; the process-group timeout
+  (`net.dist_timeout`) bounds a blocking one, and `Work.wait(timeout)` is no way out:
+  gloo tears the connection down when it expires. `recv(timeout)` therefore posts an
+  `irecv` for the length and polls it; on timeout it returns None and keeps that pending
+  receive for the next call (posting a second one would steal the next message's length).
+  Once the length is in, the rest of the message follows at once, and is received
+  blocking.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from pipeline.errors import UserError
+from pipeline.transport import Channel
+from pipeline.wire import DTYPES, HEADER_CAP, Message, WireError, encode, unpack_header
+
+POLL_S = 0.0005
+
+
+def init_dist(backend: str | None, timeout_s: float):
+    """Join the `torchrun` job: returns (rank, world_size, local_rank, device).
+
+    backend None picks NCCL when CUDA is available, else gloo. With NCCL the rank uses
+    `cuda:LOCAL_RANK`. MASTER_ADDR/MASTER_PORT come from the environment (torchrun sets them).
+    """
+    missing = [k for k in ("RANK", "WORLD_SIZE") if k not in os.environ]
+    if missing:
+        raise UserError(f"{', '.join(missing)} not set: the dist transport runs under "
+                        f"torchrun, e.g. `torchrun --nproc-per-node N -m pipeline.cli ...`")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise UserError("backend nccl needs CUDA, which this machine lacks; use gloo")
+        device = torch.device(f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group(backend, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return rank, world, local_rank, device
+
+
+class DistChannel(Channel):
+    """One end of one hop between this rank and `peer_rank`."""
+
+    def __init__(self, peer_rank: int, *, role: str = "send", max_bytes: int,
+                 device="cpu"):
+        super().__init__()
+        if role not in ("send", "recv"):
+            raise ValueError(f"role must be 'send' or 'recv', got {role!r}")
+        self.peer, self.role, self.max_bytes = peer_rank, role, max_bytes
+        self.device = torch.device(device)
+        self._len_buf = None
+        self._pending = None  # the irecv of the next length, kept across timed-out recvs
+
+    def send(self, msg: Message, timeout: float | None = None) -> bool:
+        """Blocks until the peer has taken the message (no timeout); always True."""
+        header = encode(self.stamp(msg))[0]
+        length = torch.tensor([len(header)], dtype=torch.int64, device=self.device)
+        dist.send(length, self.peer)
+        dist.send(torch.frombuffer(bytearray(header), dtype=torch.uint8).to(self.device),
+                  self.peer)
+        for t in msg.tensors.values():
+            if t.numel():  # empty tensors travel in the header alone
+                dist.send(t.detach().to(self.device).contiguous(), self.peer)
+        return True
+
+    def recv(self, timeout: float | None = None) -> Message | None:
+        if self._pending is None:
+            self._len_buf = torch.zeros(1, dtype=torch.int64, device=self.device)
+            self._pending = dist.irecv(self._len_buf, self.peer)
+        if timeout is None:
+            self._pending.wait()
+        else:
+            deadline = time.monotonic() + timeout
+            while not self._length_arrived():
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(POLL_S)
+            self._pending.wait()  # completes the work (and syncs the stream for NCCL)
+        self._pending = None
+        n = int(self._len_buf.item())
+        if not 0 < n <= HEADER_CAP:
+            self._fatal(f"header length {n} outside 1..{HEADER_CAP}")
+        raw = torch.empty(n, dtype=torch.uint8, device=self.device)
+        dist.recv(raw, self.peer)
+        try:
+            header = unpack_header(raw.cpu().numpy().tobytes(), self.max_bytes)
+        except WireError as exc:
+            self._fatal(str(exc))
+        tensors = {}
+        for spec in header["tensors"]:
+            t = torch.empty(spec["shape"], dtype=DTYPES[spec["dtype"]], device=self.device)
+            if t.numel():
+                dist.recv(t, self.peer)
+            tensors[spec["name"]] = t
+        return self.account(Message(kind=header["kind"], versions=header["versions"],
+                                    meta=header["meta"], tensors=tensors, seq=header["seq"]))
+
+    def _length_arrived(self) -> bool:
+        if self._pending.is_completed():  # NCCL: true once the transfer finished
+            return True
+        # gloo's Work.is_completed() stays False until wait() is called, but gloo receives
+        # straight into our CPU tensor, and a valid length is never 0: a non-zero value
+        # means the length has arrived (wait() then returns at once).
+        return self.device.type == "cpu" and bool(self._len_buf[0] != 0)
+
+    def _fatal(self, reason: str):
+        self.reject(reason)
+        raise WireError(f"dist stream from rank {self.peer} is out of sync: {reason}")
+
+    def close(self) -> None:
+        # A pending irecv cannot be cancelled; destroy_process_group tears it down.
+        self._pending = None
