@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from pipeline.config import BOOL_FLAGS, SHORT_FLAGS, iter_fields, load_config, RunConfig
@@ -42,7 +43,8 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]
         if name == "config":
             config = value
         else:
-            overrides.append((SHORT_FLAGS.get(name, name.replace("-", "_")), value))
+            key = SHORT_FLAGS.get(name) or BOOL_FLAGS.get(name) or name.replace("-", "_")
+            overrides.append((key, value))
     return config, overrides
 
 
@@ -65,6 +67,8 @@ def cmd_train(argv: list[str]) -> int:
     cfg = config_from_argv(argv)
     from pipeline.train import train
     summary = train(cfg)
+    if summary is None:  # a torchrun rank other than the sink
+        return 0
     line = f"test accuracy {100 * summary['test_accuracy']:.2f}%"
     if "head_accuracy" in summary:
         line += f", head accuracy {100 * summary['head_accuracy']:.2f}%"
@@ -135,6 +139,11 @@ def cmd_data(argv: list[str]) -> int:
     return 0
 
 
+def _terminated(signum, frame):
+    """SIGTERM unwinds like Ctrl-C, so launchers stop their children on the way out."""
+    raise SystemExit(128 + signum)
+
+
 COMMANDS = {"train": cmd_train, "worker": cmd_worker, "drift": cmd_drift,
             "compare": cmd_compare, "bench": cmd_bench, "keys": cmd_keys, "data": cmd_data}
 
@@ -153,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
               "  keys     CURVE keys for the zmq transport\n"
               "  data     export a dataset as IDX files", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] != "worker":  # workers handle SIGTERM themselves (checkpoint, then exit)
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -113,6 +114,10 @@ class NetConfig:
     ipc_dir: str = opt("", "zmq: use ipc:// sockets in this folder instead of tcp")
     endpoints: list[str] = opt([], "zmq: explicit endpoint per receiver (stage0..K-1, sink)")
     hwm: int = opt(4, "zmq send/receive high-water mark (messages)", lo=1)
+    bind_host: str = opt("", "zmq: receivers bind this address (e.g. 0.0.0.0 inside a "
+                             "container) at their endpoint's port; empty = the endpoint itself")
+    store: str = opt("", "zmq: host:port of the version board the sink hosts (exact "
+                         "staleness); empty = staleness from version stamps only")
     curve_dir: str = opt("", "zmq: folder made by `ffpipe keys` to turn on CURVE encryption")
     dist_timeout: float = opt(600.0, "torch.distributed process-group timeout, seconds", lo=1.0)
 
@@ -190,7 +195,7 @@ def _coerce(value, tp, key: str):
                 raise ValueError
             return int(str(value).strip()) if isinstance(value, str) else int(value)
         if tp is float:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise ValueError
             return float(value)
         if tp is str:
@@ -256,7 +261,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     for dev in p.devices + [t.device]:
         if not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and
                                                     dev[5:].isdigit())):
-            raise ConfigError(f"device {dev!r}: use cpu, cuda or cuda:N")
+            raise ConfigError(f"{'pipeline.devices' if dev in p.devices else 'train.device'}: "
+                              f"device {dev!r} is not valid; use cpu, cuda or cuda:N")
     if not cfg.out:
         raise ConfigError("out: give a run folder, e.g. --out runs/first")
     if m.label_strength == 0:
@@ -275,15 +281,21 @@ def iter_fields(obj, prefix: str = ""):
 
 
 def load_config(path: str | None = None, overrides: list[tuple[str, object]] = ()) -> RunConfig:
-    """Defaults <- TOML file <- (key, value) overrides, then validated."""
+    """Defaults <- TOML (or a run's config.json) <- (key, value) overrides, validated."""
     cfg = RunConfig()
     if path:
         try:
-            table = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
+            text = Path(path).read_text()
+            # A run's config.json reproduces that run; anything else is TOML.
+            table = json.loads(text) if str(path).endswith(".json") else tomllib.loads(text)
+        except OSError:
             raise ConfigError(f"config file {path} not found; check the --config path") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid "
+                              f"{'JSON' if str(path).endswith('.json') else 'TOML'}: "
+                              f"{str(exc).splitlines()[0]}") from None
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file {path}: expected a table of sections")
         _apply_table(cfg, table)
     for key, value in overrides:
         set_value(cfg, key, value)

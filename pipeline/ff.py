@@ -87,7 +87,7 @@ def hard_wrong_labels(scores: torch.Tensor, labels: torch.Tensor,
     gets probability exactly zero. Labels the model confuses with the truth come up more.
     """
     masked = scores.float().clone()
-    masked[torch.arange(len(labels)), labels] = -math.inf
+    masked[torch.arange(len(labels), device=masked.device), labels] = -math.inf
     probs = torch.softmax(masked, dim=1)
     # Rows where every wrong label underflowed to 0 (cannot happen with a finite max, but be
     # safe): fall back to uniform over wrong labels.

@@ -24,6 +24,7 @@ from pipeline.ff import (FFLayer, LinearHead, head_features, hard_wrong_labels, 
 from pipeline.layer_trainer import LayerTrainer, lr_gain, make_optimizer
 from pipeline.recorder import Recorder
 from pipeline.runlog import Progress
+from pipeline.runtime.checkpoint import save_layer_states
 
 
 def on_device(ds: Dataset, device: str) -> Dataset:
@@ -114,8 +115,10 @@ def _eval(cfg, ds, layers, head, rec, step, samples, final=False) -> dict:
     return metrics
 
 
-def _finish(cfg, ds, rec, layers, head, step, samples, t0, train_s, progress) -> dict:
+def _finish(cfg, ds, rec, trainers, head, step, samples, t0, train_s, progress) -> dict:
     progress.close()
+    save_layer_states(cfg.out, [tr.state_dict() for tr in trainers])
+    layers = [tr.layer for tr in trainers]
     metrics = _eval(cfg, ds, layers, head, rec, step, samples, final=True)
     wall = time.monotonic() - t0
     return rec.finish({**metrics, "train_samples": samples, "wall_seconds": wall,
@@ -158,7 +161,7 @@ def train_lockstep(cfg: RunConfig, ds: Dataset) -> dict:
                 acc = _eval(cfg, ds, layers, head, rec, step, samples)
                 progress.update(0, acc=acc["test_accuracy"])
     train_s = time.monotonic() - t0
-    return _finish(cfg, ds, rec, layers, head, step, samples, t0, train_s, progress)
+    return _finish(cfg, ds, rec, trainers, head, step, samples, t0, train_s, progress)
 
 
 def train_sequential(cfg: RunConfig, ds: Dataset) -> dict:
@@ -203,7 +206,7 @@ def train_sequential(cfg: RunConfig, ds: Dataset) -> dict:
                 head.step(layers, ds.x_train[idx], ds.y_train[idx])
     train_s = time.monotonic() - t0
     samples = cfg.train.epochs * n
-    return _finish(cfg, ds, rec, layers, head, step, samples, t0, train_s, progress)
+    return _finish(cfg, ds, rec, trainers, head, step, samples, t0, train_s, progress)
 
 
 class BackpropNet(nn.Module):
@@ -259,6 +262,8 @@ def train_backprop(cfg: RunConfig, ds: Dataset) -> dict:
                     rec.log_layer(k, step, samples)
     train_s = time.monotonic() - t0
     progress.close()
+    save_layer_states(cfg.out, [{"layer": layer.state_dict(), "version": step}
+                                for layer in net.layers])
     with torch.no_grad():
         pred = net(neutral(ds.x_test)).argmax(1)
     metrics = {"test_accuracy": (pred == ds.y_test).float().mean().item()}

@@ -1,7 +1,13 @@
-"""`ffpipe train`: resolve the config, load the data, write config.json, run a schedule."""
+"""`ffpipe train`: resolve the config, load the data, write config.json, run a schedule.
+
+The pipelined schedule picks its launcher by transport: `local` (shared memory, this
+process tree), `zmq` (separate worker processes over 127.0.0.1), `dist` (torchrun; when
+this process already is a torchrun rank it plays that rank's role).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pipeline.config import RunConfig, to_dict
@@ -19,13 +25,24 @@ def check_data_fits(cfg: RunConfig, input_dim: int, num_classes: int) -> None:
                           f"{num_classes} label positions of the overlay")
 
 
-def train(cfg: RunConfig) -> dict:
+def train(cfg: RunConfig) -> dict | None:
+    """Returns the summary (None on torchrun ranks other than the sink)."""
+    pipelined = cfg.train.schedule == "pipelined"
+    if pipelined and cfg.pipeline.transport == "dist" and "RANK" in os.environ:
+        from pipeline.runtime.cluster import train_dist_rank
+        return train_dist_rank(cfg)
     ds = load_dataset(cfg.data)
     check_data_fits(cfg, ds.input_dim, ds.num_classes)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     write_json_atomic(Path(cfg.out) / "config.json", to_dict(cfg))
-    if cfg.train.schedule == "pipelined":
-        from pipeline.runtime.launcher import train_pipelined
-        return train_pipelined(cfg, ds)
-    from pipeline.schedules import run_single
-    return run_single(cfg, ds)
+    if not pipelined:
+        from pipeline.schedules import run_single
+        return run_single(cfg, ds)
+    if cfg.pipeline.transport == "zmq":
+        from pipeline.runtime.cluster import train_zmq
+        return train_zmq(cfg)
+    if cfg.pipeline.transport == "dist":
+        from pipeline.runtime.cluster import train_dist_torchrun
+        return train_dist_torchrun(cfg)
+    from pipeline.runtime.launcher import train_pipelined
+    return train_pipelined(cfg, ds)

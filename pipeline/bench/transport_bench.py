@@ -36,6 +36,7 @@ DEFAULT_SIZES = (64 * KiB, 1 * MiB, 4 * MiB, 16 * MiB)
 DEFAULT_TRANSPORTS = ("memcpy", "local", "zmq-tcp", "zmq-ipc", "dist-gloo")
 REPS = 3
 HWM = 4
+RECV_TIMEOUT_S = 60
 
 
 def _free_port() -> int:
@@ -104,9 +105,9 @@ def _receiver_main(transport, spec, max_bytes, results):
         rates, t0, nbytes = {}, None, 0
         try:
             while True:
-                msg = ch.recv(timeout=60)
+                msg = ch.recv(timeout=RECV_TIMEOUT_S)
                 if msg is None:
-                    raise RuntimeError("no message from the sender for 60 s")
+                    raise RuntimeError(f"no message from the sender for {RECV_TIMEOUT_S} s")
                 now = time.perf_counter()
                 if msg.kind == "ctrl" and msg.meta["op"] == "stop":
                     break

@@ -34,3 +34,25 @@ def load(path: Path) -> dict | None:
     except Exception as exc:  # corrupt or foreign file: tell the user, don't guess
         raise UserError(f"{path}: cannot load checkpoint ({type(exc).__name__}); delete it to "
                         f"start that stage fresh, or drop --resume") from None
+
+
+def save_layer_states(out: str | Path, states: list[dict]) -> None:
+    """Final per-layer checkpoints for the single-process schedules, in the same layout
+    and format as the pipelined stages' (`{"trainer": LayerTrainer.state_dict()}`)."""
+    for k, state in enumerate(states):
+        save_atomic(ckpt_path(out, f"stage{k}"), {"trainer": state})
+
+
+def load_layers(run_dir: str | Path, cfg) -> list:
+    """The trained FF layers of a finished run, from ckpt/stage{k}.pt."""
+    from pipeline.ff import FFLayer
+    w, layers = cfg.model.layers, []
+    for k in range(len(w) - 1):
+        state = load(ckpt_path(run_dir, f"stage{k}"))
+        if state is None:
+            raise UserError(f"{ckpt_path(run_dir, f'stage{k}')} is missing; "
+                            f"was the run in {run_dir} finished?")
+        layer = FFLayer(w[k], w[k + 1], cfg.model.normalization)
+        layer.load_state_dict(state["trainer"]["layer"])
+        layers.append(layer.eval())
+    return layers

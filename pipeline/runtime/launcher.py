@@ -90,8 +90,7 @@ def run_role(role: str, index: int, cfg: RunConfig, flow: Flow, board, extra: di
         from pipeline.runtime.source import Source
         return Source(cfg, extra["dataset"], flow).run()
     from pipeline.runtime.sink import Sink
-    return Sink(cfg, extra["num_classes"], extra["train_size"], flow,
-                run_start=extra.get("run_start")).run()
+    return Sink(cfg, flow, run_start=extra.get("run_start")).run()
 
 
 def role_name(role: str, index: int) -> str:
@@ -110,9 +109,7 @@ def train_pipelined(cfg: RunConfig, ds: Dataset) -> dict:
     cfg_dict = to_dict(cfg)
     specs = [("source", 0, None, hops[0], {"dataset": ds})]
     specs += [("stage", k, hops[k], hops[k + 1], {}) for k in range(K)]
-    specs.append(("sink", 0, hops[K], None, {"num_classes": ds.num_classes,
-                                              "train_size": len(ds.x_train),
-                                              "run_start": run_start}))
+    specs.append(("sink", 0, hops[K], None, {"run_start": run_start}))
     procs = {}
     for role, index, inbox, outbox, extra in specs:
         p = ctx.Process(target=child_main, name=role_name(role, index), daemon=False,
@@ -124,12 +121,9 @@ def train_pipelined(cfg: RunConfig, ds: Dataset) -> dict:
         supervise(procs, errors)
     except KeyboardInterrupt:
         log.info("interrupted: stopping all stages (checkpoints are flushed)")
-        shutdown(procs, stop, cfg.pipeline.stop_timeout)
         raise
-    except StageFailed:
+    finally:  # success, failure, Ctrl-C or SIGTERM: no child outlives the launcher
         shutdown(procs, stop, cfg.pipeline.stop_timeout)
-        raise
-    shutdown(procs, stop, cfg.pipeline.stop_timeout)
     return json.loads((Path(cfg.out) / "summary.json").read_text())
 
 

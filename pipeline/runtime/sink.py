@@ -29,9 +29,9 @@ class EvalTally:
 
 
 class Sink:
-    def __init__(self, cfg: RunConfig, num_classes: int, train_size: int, flow: Flow,
-                 run_start: float | None = None, total_samples: int | None = None):
-        self.cfg, self.C, self.flow = cfg, num_classes, flow
+    def __init__(self, cfg: RunConfig, flow: Flow, run_start: float | None = None):
+        self.cfg, self.flow = cfg, flow
+        self.C = None  # learnt from the source's first message: the sink needs no dataset
         self.out = Path(cfg.out)
         self.run_start = run_start or time.time()
         self.samples = 0
@@ -39,12 +39,19 @@ class Sink:
         self.tallies: dict[int, EvalTally] = {}
         self.final: dict = {}
         self.history: list[dict] = []
-        total = total_samples or cfg.train.epochs * train_size
-        self.progress = Progress(total, "pipelined")
+        self.progress = None
         self.head = self.head_opt = None
-        if cfg.model.head:
-            self.head = LinearHead(cfg.model.layers[2:], num_classes)
-            self.head_opt = torch.optim.Adam(self.head.parameters(), lr=cfg.train.head_lr)
+
+    def on_start(self, meta: dict) -> None:
+        """The source's first message says what the sink needs to know about the data."""
+        if self.C is not None:
+            return
+        self.C = meta["classes"]
+        self.progress = Progress(meta["total_samples"], "pipelined")
+        self.progress.update(meta.get("done_samples", 0))
+        if self.cfg.model.head:
+            self.head = LinearHead(self.cfg.model.layers[2:], self.C)
+            self.head_opt = torch.optim.Adam(self.head.parameters(), lr=self.cfg.train.head_lr)
 
     def run(self) -> dict:
         log = JsonlWriter(self.out / "sink.jsonl", append=self.cfg.pipeline.resume)
@@ -59,18 +66,22 @@ class Sink:
                         log.write(rec)
                 elif msg.kind == "ctrl" and msg.meta["op"] == "stop":
                     return self.finish(msg.meta.get("stages", []), interrupted=False)
+                elif msg.kind == "ctrl" and "classes" in msg.meta:
+                    self.on_start(msg.meta)
         except BaseException:
             self.finish([], interrupted=True)
             raise
         finally:
             log.close()
-            self.progress.close()
+            if self.progress is not None:
+                self.progress.close()
 
     def on_train(self, msg: Message) -> None:
         n = msg.meta["n"]
         self.samples += n
         self.t_last_train = time.time()
-        self.progress.update(n)
+        if self.progress is not None:
+            self.progress.update(n)
         if self.head is not None and "feats" in msg.tensors:
             loss = F.cross_entropy(self.head(msg.tensors["feats"].float()), msg.tensors["y"])
             self.head_opt.zero_grad(set_to_none=True)
@@ -100,7 +111,8 @@ class Sink:
         if self.head is not None:
             rec["head_accuracy"] = tally.head_correct / max(tally.n, 1)
         self.history.append(rec)
-        self.progress.update(0, acc=rec["test_accuracy"])
+        if self.progress is not None:
+            self.progress.update(0, acc=rec["test_accuracy"])
         if tally.final:
             self.final = rec
             scores = torch.cat([tally.scores[c] for c in sorted(tally.scores)])

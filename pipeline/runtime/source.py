@@ -55,6 +55,9 @@ class Source:
         s = self.cfg.model.label_strength
         probe, probe_every = self.probe(), self.cfg.drift.probe_every
         eval_every, ckpt_every = self.cfg.train.eval_every, self.cfg.pipeline.ckpt_every
+        self.flow.send(ctrl("epoch", epoch=start // self.per_epoch, step=start,
+                            classes=self.C, total_samples=self.cfg.train.epochs * self.n,
+                            done_samples=min(start * self.B, self.cfg.train.epochs * self.n)))
         epoch_seen = None
         for step, epoch, x, y, wrong in self.batches(start):
             if epoch != epoch_seen and epoch_seen is not None:

@@ -32,6 +32,7 @@ class ShmChannel(Channel):
     def __init__(self, ctx, slots: int, slot_bytes: int, max_bytes: int):
         super().__init__()
         self.slot_bytes = _aligned(slot_bytes)
+        self.slots = slots
         self.max_bytes = max_bytes
         self.buf = torch.empty(slots * self.slot_bytes, dtype=torch.uint8).share_memory_()
         self._np = None
@@ -42,7 +43,7 @@ class ShmChannel(Channel):
         self.oversize = 0
 
     def __getstate__(self):
-        return {k: getattr(self, k) for k in ("slot_bytes", "max_bytes", "buf", "full", "free")}
+        return {k: getattr(self, k) for k in ("slot_bytes", "slots", "max_bytes", "buf", "full", "free")}
 
     def __setstate__(self, state):
         Channel.__init__(self)
@@ -83,21 +84,33 @@ class ShmChannel(Channel):
     def recv(self, timeout: float | None = None) -> Message | None:
         while True:
             try:
-                slot, header, sizes = self.full.get(timeout=timeout)
+                item = self.full.get(timeout=timeout)
             except queue_mod.Empty:
                 return None
+            slot = item[0] if isinstance(item, tuple) and item else None
+            valid_slot = isinstance(slot, int) and 0 <= slot < self.slots
             try:
-                if sizes and isinstance(sizes[0], (bytes, bytearray)):
-                    frames = [header] + [bytearray(b) for b in sizes]  # oversize path
-                    msg = decode(frames, self.max_bytes)
-                else:
-                    msg = self._decode_slot(slot, header, sizes)
+                msg = self._decode_item(item, valid_slot)
             except WireError as exc:
                 self.reject(str(exc))
                 continue
             finally:
-                self.free.put(slot)
+                if valid_slot:  # never hand back a slot number we did not give out
+                    self.free.put(slot)
             return self.account(msg)
+
+    def _decode_item(self, item, valid_slot: bool) -> Message:
+        """Check the queue item's shape before trusting any of it."""
+        if not (isinstance(item, tuple) and len(item) == 3 and valid_slot):
+            raise WireError("malformed queue item")
+        slot, header, sizes = item
+        if not isinstance(header, (bytes, bytearray)) or not isinstance(sizes, list):
+            raise WireError("malformed queue item")
+        if sizes and all(isinstance(b, (bytes, bytearray)) for b in sizes):
+            return decode([header] + [bytearray(b) for b in sizes], self.max_bytes)  # oversize
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes):
+            raise WireError("buffer sizes must be non-negative ints")
+        return self._decode_slot(slot, header, sizes)
 
     def _decode_slot(self, slot: int, header: bytes, sizes: list[int]) -> Message:
         base, off, frames = slot * self.slot_bytes, 0, [header]

@@ -1,0 +1,306 @@
+"""`ffpipe compare`: every schedule x normalization x seed on the same data, architecture
+and sample budget, side by side in one table, plus the linear-probe baselines.
+
+Each run is an ordinary `train(cfg)` into OUT/{schedule}-{norm}-s{seed}/, one after the
+other in this process (pipelined runs spawn their own processes). A run folder whose
+summary.json was written under the same config is reused, so an interrupted compare
+picks up where it stopped.
+
+The probe baselines (first normalization of the list only): a linear softmax probe on
+each layer's normalized activities of every trained run, on random frozen layers of the
+same shapes, and on the raw pixels. If trained layers probe no better than random ones,
+the "ensemble of linear estimators on preprocessed inputs" objection stands.
+
+Writes OUT/compare.md (run table + probe table), OUT/compare.csv (one row per run, every
+number) and OUT/compare.png (accuracy bars; probe accuracy per layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.config import SCHEDULES, RunConfig, load_config, to_dict, validate
+from pipeline.errors import ConfigError
+from pipeline.runlog import Progress, read_jsonl
+
+NORMALIZATIONS = ("rms", "length", "none")
+# Keys compare sets itself per run; passing them as train overrides is a mistake.
+OWN_KEYS = {"train.schedule": "--schedules", "model.normalization": "--normalizations",
+            "train.seed": "--seeds", "out": "--out"}
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
+    p = argparse.ArgumentParser(
+        prog="ffpipe compare", allow_abbrev=False,  # `--seed` must not become `--seeds`
+        description="schedules x normalizations side by side, plus linear-probe baselines",
+        epilog="Any other option is a `ffpipe train` override applied to every run, e.g. "
+               "--epochs 5 --dataset synthetic --layers 64,100,100 --train.lr=0.01")
+    p.add_argument("--config", help="TOML config for every run")
+    p.add_argument("--schedules", default="backprop,lockstep,sequential,pipelined")
+    p.add_argument("--normalizations", default="rms,length,none")
+    p.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
+    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--probe-epochs", type=int, default=20,
+                   help="epochs of each linear probe (0 = no probes)")
+    args, rest = p.parse_known_args(argv)
+    from pipeline.cli import parse_overrides
+    path, overrides = parse_overrides(rest)
+    for key, _ in overrides:
+        if key in OWN_KEYS:
+            raise ConfigError(f"--{key}: compare sets it per run; use {OWN_KEYS[key]}")
+    args.schedules = _names(args.schedules, SCHEDULES, "--schedules")
+    args.normalizations = _names(args.normalizations, NORMALIZATIONS, "--normalizations")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: give integers like 0,1,2, got {args.seeds!r}") from None
+    if not args.seeds or min(args.seeds) < 0:
+        raise ConfigError("--seeds: give at least one seed >= 0")
+    return args, load_config(args.config or path, overrides)
+
+
+def _names(text: str, allowed: tuple, flag: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in names if s not in allowed]
+    if bad or not names:
+        raise ConfigError(f"{flag}: {', '.join(bad) or 'empty'} not allowed; "
+                          f"choose from {', '.join(allowed)}")
+    return names
+
+
+def run_config(base: RunConfig, out: Path, schedule: str, norm: str, seed: int) -> RunConfig:
+    cfg = copy.deepcopy(base)
+    cfg.out = str(out / f"{schedule}-{norm}-s{seed}")
+    cfg.train.schedule, cfg.model.normalization, cfg.train.seed = schedule, norm, seed
+    return validate(cfg)
+
+
+def finished_summary(cfg: RunConfig) -> dict | None:
+    """The summary of a finished run in cfg.out made with exactly this config, else None."""
+    out = Path(cfg.out)
+    try:
+        same = json.loads((out / "config.json").read_text()) == json.loads(
+            json.dumps(to_dict(cfg)))
+        return json.loads((out / "summary.json").read_text()) if same else None
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def drift_stats(run_dir: Path, summary: dict, n_stages: int) -> list[dict]:
+    """Per stage: mean (over probes, from stage{k}.jsonl) and max (summary) of MMD² and of
+    1 - cosine vs the reference probe, plus worst mean shift, final CKA and alarms."""
+    out = []
+    for k in range(n_stages):
+        fin = next((d for d in summary.get("drift", []) if d.get("stage") == k), {})
+        path = run_dir / f"stage{k}.jsonl"
+        recs = [r for r in (read_jsonl(path) if path.exists() else [])
+                if r.get("kind") == "drift" and r.get("mmd2_ref") is not None]
+        cos_min = fin.get("cos_ref_min")
+        out.append({
+            "mmd2_ref_mean": _mean([r["mmd2_ref"] for r in recs]),
+            "mmd2_ref_max": fin.get("mmd2_ref_max"),
+            "cos_dist_ref_mean": _mean([1 - r["cos_ref"] for r in recs if r.get("cos_ref")
+                                        is not None]),
+            "cos_dist_ref_max": None if cos_min is None else 1 - cos_min,
+            "mean_shift_ref_max": fin.get("mean_shift_ref_max"),
+            "cka_ref_final": fin.get("cka_ref_final"),
+            "alarms": fin.get("alarms"),
+        })
+    return out
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def run_compare(base: RunConfig, schedules: list[str], normalizations: list[str],
+                seeds: list[int], out: str | Path, probe_epochs: int = 20) -> list[dict]:
+    """Train (or reuse) every run, probe the first normalization's runs, write the report.
+    Returns one row per run (the rows of compare.csv, nested)."""
+    from pipeline.train import train
+    out = Path(out)
+    plan = [(s, n, seed) for n in normalizations for s in schedules for seed in seeds]
+    cfgs = [run_config(base, out, *p) for p in plan]  # validate them all before any runs
+    K, rows, ds = len(base.model.layers) - 1, [], None
+    random_cache: dict[int, tuple[list[float], float]] = {}
+    progress = Progress(len(plan), "compare", unit="runs", every=float("inf"))
+    for i, ((schedule, norm, seed), cfg) in enumerate(zip(plan, cfgs), 1):
+        summary = finished_summary(cfg)
+        reused = summary is not None
+        if not reused:
+            (Path(cfg.out) / "summary.json").unlink(missing_ok=True)  # no stale reuse later
+            summary = train(cfg)
+        row = {"schedule": schedule, "normalization": norm, "seed": seed,
+               "test_accuracy": summary["test_accuracy"],
+               "head_accuracy": summary.get("head_accuracy"),
+               "train_samples": summary.get("train_samples"),
+               "wall_seconds": summary.get("wall_seconds"),
+               "samples_per_second": summary.get("samples_per_second"),
+               "reused": reused, "run_dir": cfg.out,
+               "drift": drift_stats(Path(cfg.out), summary, K),
+               "probe": None, "random_probe": None, "input_probe": None}
+        if probe_epochs and norm == normalizations[0]:
+            from pipeline.datasets import load_dataset
+            from pipeline.probes import probe_input, probe_layers, random_layers
+            from pipeline.runtime.checkpoint import load_layers
+            ds = ds or load_dataset(base.data)
+            row["probe"] = probe_layers(load_layers(cfg.out, cfg), ds, cfg, probe_epochs, seed)
+            if seed not in random_cache:
+                random_cache[seed] = (probe_layers(random_layers(cfg, seed), ds, cfg,
+                                                   probe_epochs, seed),
+                                      probe_input(ds, probe_epochs, seed))
+            row["random_probe"], row["input_probe"] = random_cache[seed]
+        rows.append(row)
+        tqdm.write(f"[{i}/{len(plan)}] {Path(cfg.out).name}: test accuracy "
+                   f"{100 * row['test_accuracy']:.2f}% ({row['wall_seconds'] or 0:.1f}s"
+                   f"{', reused: same config already finished' if reused else ''})")
+        progress.update(1, acc=row["test_accuracy"])
+    progress.close()
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "compare.csv", rows, K)
+    write_md(out / "compare.md", rows, K, base)
+    write_png(out / "compare.png", rows, K, schedules, normalizations)
+    return rows
+
+
+# ---- outputs ---------------------------------------------------------------------------
+
+def csv_row(row: dict, n_stages: int) -> dict:
+    flat = {k: v for k, v in row.items() if k not in ("drift", "probe", "random_probe")}
+    for k, d in enumerate(row["drift"]):
+        flat.update({f"s{k}_{name}": v for name, v in d.items()})
+    for name in ("probe", "random_probe"):
+        for k in range(n_stages):
+            flat[f"{name}_layer{k}"] = row[name][k] if row[name] else None
+    return flat
+
+
+def write_csv(path: Path, rows: list[dict], n_stages: int) -> None:
+    flat = [csv_row(r, n_stages) for r in rows]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(flat[0]))
+        w.writeheader()
+        w.writerows([{k: "" if v is None else v for k, v in r.items()} for r in flat])
+
+
+def _num(v) -> str:
+    if v is None:
+        return "—"
+    return "0" if abs(v) < 1e-9 else f"{v:.2g}"
+
+
+def _pm(xs: list, pct: bool = True) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "—"
+    s = 100 if pct else 1
+    m = f"{s * statistics.mean(xs):.1f}" if pct else f"{statistics.mean(xs):.0f}"
+    return m + (f" ± {s * statistics.stdev(xs):.1f}" if len(xs) > 1 and pct else "")
+
+
+def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["schedule"], r["normalization"]), []).append(r)
+    return groups
+
+
+def _drift_cell(runs: list[dict], n_stages: int, mean_key: str, max_key: str) -> str:
+    parts = []
+    for k in range(n_stages):
+        mean = _mean([r["drift"][k][mean_key] for r in runs])
+        worst = _mean([r["drift"][k][max_key] for r in runs])
+        parts.append(f"s{k} {_num(mean)}/{_num(worst)}")
+    return " ".join(parts)
+
+
+def write_md(path: Path, rows: list[dict], n_stages: int, base: RunConfig) -> None:
+    lines = [f"# ffpipe compare: {base.data.dataset}, layers "
+             f"{','.join(map(str, base.model.layers))}, {base.train.epochs} epochs", "",
+             "Drift is each stage's input vs its first probe, written `s{k} mean/max` over "
+             "the run's probes (s0 reads raw data: always 0).", "",
+             "| schedule | normalization | seeds | test acc % | wall s | samples/s "
+             "| MMD² vs ref, mean/max per stage | 1−cos vs ref, mean/max per stage |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (schedule, norm), runs in _groups(rows).items():
+        lines.append(
+            f"| {schedule} | {norm} | {','.join(str(r['seed']) for r in runs)} "
+            f"| {_pm([r['test_accuracy'] for r in runs])} "
+            f"| {_mean([r['wall_seconds'] for r in runs]):.1f} "
+            f"| {_pm([r['samples_per_second'] for r in runs], pct=False)} "
+            f"| {_drift_cell(runs, n_stages, 'mmd2_ref_mean', 'mmd2_ref_max')} "
+            f"| {_drift_cell(runs, n_stages, 'cos_dist_ref_mean', 'cos_dist_ref_max')} |")
+    probed = [r for r in rows if r["probe"]]
+    if probed:
+        norm = probed[0]["normalization"]
+        cols = ["input"] + [f"layer {k}" for k in range(n_stages)]
+        lines += ["", f"## Linear probe test accuracy % per layer ({norm}, neutral label)", "",
+                  "Softmax probe on each layer's normalized activities: trained layers vs "
+                  "random frozen layers of the same shapes vs the raw input.", "",
+                  "| features | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        by_seed = {r["seed"]: r for r in probed}.values()  # one random/input set per seed
+        lines.append("| raw input | " + _pm([r["input_probe"] for r in by_seed])
+                     + " | —" * n_stages + " |")
+        lines.append("| random frozen | — | " + " | ".join(
+            _pm([r["random_probe"][k] for r in by_seed]) for k in range(n_stages)) + " |")
+        for (schedule, _), runs in _groups(probed).items():
+            lines.append(f"| trained: {schedule} | — | " + " | ".join(
+                _pm([r["probe"][k] for r in runs]) for k in range(n_stages)) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_png(path: Path, rows: list[dict], n_stages: int, schedules: list[str],
+              normalizations: list[str]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    groups, width = _groups(rows), 0.8 / len(normalizations)
+    for j, norm in enumerate(normalizations):
+        accs = [[100 * r["test_accuracy"] for r in groups.get((s, norm), [])] for s in schedules]
+        ax1.bar([i + (j - (len(normalizations) - 1) / 2) * width for i in range(len(schedules))],
+                [statistics.mean(a) if a else 0 for a in accs], width,
+                yerr=[statistics.stdev(a) for a in accs] if all(len(a) > 1 for a in accs)
+                else None, label=norm, capsize=3)
+    ax1.set_xticks(range(len(schedules)), schedules)
+    ax1.set_ylabel("test accuracy %")
+    ax1.set_ylim(0, 100)
+    ax1.set_title("test accuracy by schedule")
+    ax1.legend(title="normalization")
+    probed = [r for r in rows if r["probe"]]
+    layers_x = list(range(1, n_stages + 1))
+    for (schedule, _), runs in _groups(probed).items():
+        ax2.plot(layers_x, [100 * statistics.mean(r["probe"][k] for r in runs)
+                            for k in range(n_stages)], "o-", label=f"trained: {schedule}")
+    if probed:
+        ax2.plot(layers_x, [100 * statistics.mean(r["random_probe"][k] for r in probed)
+                            for k in range(n_stages)], "s--", color="black",
+                 label="random frozen")
+        ax2.plot([0], [100 * statistics.mean(r["input_probe"] for r in probed)], "*",
+                 color="gray", markersize=12, label="raw input")
+        ax2.set_title(f"linear probe per layer ({probed[0]['normalization']})")
+    else:
+        ax2.set_title("linear probes off (--probe-epochs 0)")
+    ax2.set_xticks(range(n_stages + 1), ["input"] + [f"layer {k}" for k in range(n_stages)])
+    ax2.set_ylabel("probe test accuracy %")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare_main(argv: list[str]) -> int:
+    args, base = parse_args(argv)
+    run_compare(base, args.schedules, args.normalizations, args.seeds, args.out,
+                args.probe_epochs)
+    print(f"wrote {args.out}/compare.md, compare.csv and compare.png")
+    return 0
