@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     if argv[0] != "worker":  # workers handle SIGTERM themselves (checkpoint, then exit)
         signal.signal(signal.SIGTERM, _terminated)
+        # A shell starts background jobs with SIGINT ignored; Ctrl-C must still stop us.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as exc:

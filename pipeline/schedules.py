@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from pipeline.config import RunConfig
 from pipeline.datasets import Dataset
-from pipeline.evaluation import evaluate, probe_inputs
+from pipeline.evaluation import accuracy, evaluate, probe_inputs
 from pipeline.ff import (FFLayer, LinearHead, head_features, hard_wrong_labels, label_scores,
                          normalize, overlay, random_wrong_labels)
 from pipeline.layer_trainer import LayerTrainer, lr_gain, make_optimizer
@@ -266,7 +266,7 @@ def train_backprop(cfg: RunConfig, ds: Dataset) -> dict:
                                 for layer in net.layers])
     with torch.no_grad():
         pred = net(neutral(ds.x_test)).argmax(1)
-    metrics = {"test_accuracy": (pred == ds.y_test).float().mean().item()}
+    metrics = {"test_accuracy": accuracy(pred, ds.y_test)}
     rec.log_eval(step, samples, metrics, final=True)
     return rec.finish({**metrics, "train_samples": samples,
                        "wall_seconds": time.monotonic() - t0, "train_seconds": train_s,

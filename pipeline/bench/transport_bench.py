@@ -81,11 +81,13 @@ def _open(transport: str, spec, role: str, max_bytes: int):
     raise ValueError(f"unknown transport {transport!r}")
 
 
-def _sender_main(transport, spec, sizes, seconds, max_bytes):
+def _sender_main(transport, spec, sizes, seconds, max_bytes, ready):
     from pipeline.wire import Message, ctrl
     torch.set_num_threads(1)
     ch = _open(transport, spec, "send", max_bytes)
     try:
+        if not ready.wait(RECV_TIMEOUT_S):  # rounds timed against a receiver still starting
+            raise RuntimeError("the receiver never became ready")  # would measure nothing
         for size in sizes:
             x = torch.rand(size // 4)  # never written after it is sent (zero-copy zmq)
             for rep in range(REPS):
@@ -95,13 +97,14 @@ def _sender_main(transport, spec, sizes, seconds, max_bytes):
                 ch.send(ctrl("epoch", size=size, rep=rep))
         ch.send(ctrl("stop"))
     finally:
-        _close(transport, ch)
+        _close(transport, ch, "send")
 
 
-def _receiver_main(transport, spec, max_bytes, results):
+def _receiver_main(transport, spec, max_bytes, results, ready):
     torch.set_num_threads(1)
     try:
         ch = _open(transport, spec, "recv", max_bytes)
+        ready.set()
         rates, t0, nbytes = {}, None, 0
         try:
             while True:
@@ -120,13 +123,18 @@ def _receiver_main(transport, spec, max_bytes, results):
                 else:
                     nbytes += msg.nbytes()
         finally:
-            _close(transport, ch)
+            _close(transport, ch, "recv")
         results.put(("ok", rates))
     except BaseException:
         results.put(("error", traceback.format_exc(limit=4)))
 
 
-def _close(transport, ch):
+def _close(transport, ch, role):
+    if transport == "local" and role == "send":
+        # ShmChannel.close() cancels the queue's feeder thread, which drops whatever this
+        # process has not yet written to the pipe (here: the final markers). Flush first.
+        ch.full.close()
+        ch.full.join_thread()
     ch.close()
     if transport == "dist-gloo":
         import torch.distributed as dist
@@ -150,11 +158,11 @@ def _measure(ctx, transport, sizes, seconds, max_bytes, tmpdir) -> dict:
         spec = _free_port()
     else:
         raise ValueError(f"unknown transport {transport!r}")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_receiver_main, args=(transport, spec, max_bytes, results),
-                         daemon=True),
-             ctx.Process(target=_sender_main, args=(transport, spec, sizes, seconds, max_bytes),
-                         daemon=True)]
+    results, ready = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_receiver_main,
+                         args=(transport, spec, max_bytes, results, ready), daemon=True),
+             ctx.Process(target=_sender_main,
+                         args=(transport, spec, sizes, seconds, max_bytes, ready), daemon=True)]
     budget = 120 + len(sizes) * REPS * (seconds + 2)
     try:
         for p in procs:

@@ -23,6 +23,8 @@ class Flow:
         self.wait_send = 0.0   # seconds spent waiting for room downstream (backpressure)
 
     def send(self, msg: Message) -> None:
+        if self.should_stop():  # checked per message too: a busy pipeline never times out
+            raise Stopped
         t0 = time.perf_counter()
         try:
             while not self.outbox.send(msg, timeout=SLICE):
@@ -32,6 +34,8 @@ class Flow:
             self.wait_send += time.perf_counter() - t0
 
     def recv(self) -> Message:
+        if self.should_stop():
+            raise Stopped
         t0 = time.perf_counter()
         try:
             while True:

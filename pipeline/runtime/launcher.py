@@ -84,7 +84,7 @@ def run_role(role: str, index: int, cfg: RunConfig, flow: Flow, board, extra: di
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
         torch.set_num_threads(cfg.pipeline.threads_per_stage)
-        return StageWorker(index, cfg, flow, board, device).run()
+        return StageWorker(index, cfg, flow, board, device, extra.get("restarts", 0)).run()
     torch.set_num_threads(1)
     if role == "source":
         from pipeline.runtime.source import Source

@@ -48,8 +48,14 @@ class Source:
 
     def run(self) -> None:
         state = checkpoint.load(self.ckpt) if self.cfg.pipeline.resume else None
-        start = state["step"] if state else 0
+        self.done = start = state["step"] if state else 0
         self.eval_id = state["eval_id"] if state else 0
+        try:
+            self.stream(start)
+        finally:  # stopped or finished: remember how far the stream got
+            self.save(self.done)
+
+    def stream(self, start: int) -> None:
         if start:
             log.info("source: resuming at step %d of %d", start, self.total)
         s = self.cfg.model.label_strength
@@ -71,7 +77,7 @@ class Source:
             self.flow.send(Message("train", meta={"step": step, "epoch": epoch,
                                                   "total": self.total, "n": len(x)},
                                    tensors=tensors))
-            done = step + 1
+            self.done = done = step + 1
             if eval_every and done % eval_every == 0 and done < self.total:
                 self.send_eval(done, final=False)
             if ckpt_every and done % ckpt_every == 0:
@@ -79,7 +85,6 @@ class Source:
                 self.save(done)
         self.send_eval(self.total, final=True)
         self.flow.send(ctrl("stop", step=self.total))
-        self.save(self.total)
 
     def probe(self) -> torch.Tensor:
         return probe_inputs(self.ds.x_train, self.ds.y_train, self.cfg, self.C)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -35,7 +37,7 @@ DRAIN_LIMIT = 64  # 'latest' policy: most messages pulled ahead to find the fres
 
 class StageWorker:
     def __init__(self, index: int, cfg: RunConfig, flow: Flow, board=None,
-                 device: str = "cpu"):
+                 device: str = "cpu", restarts: int = 0):
         self.k, self.cfg, self.flow = index, cfg, flow
         self.K = len(cfg.model.layers) - 1
         self.last = index == self.K - 1
@@ -55,6 +57,7 @@ class StageWorker:
         self.t_start = time.monotonic()
         self._last_log = (self.t_start, 0)
         self.log = None
+        self.restarts = restarts  # torchrun's TORCHELASTIC_RESTART_COUNT
 
     # ---- lifecycle -------------------------------------------------------------------
     def run(self) -> None:
@@ -62,6 +65,10 @@ class StageWorker:
             self.restore()
         self.log = JsonlWriter(Path(self.cfg.out) / f"stage{self.k}.jsonl",
                                append=self.cfg.pipeline.resume)
+        self.log.write({"kind": "start", "stage": self.k, "pid": os.getpid(),
+                        "host": socket.gethostname(), "device": str(self.device),
+                        "version": self.trainer.version, "resumed": self.cfg.pipeline.resume,
+                        "restarts": self.restarts})
         try:
             while True:
                 msg = self.next_message()

@@ -37,7 +37,7 @@ from pipeline.errors import UserError
 from pipeline.transport import Channel
 from pipeline.wire import DTYPES, HEADER_CAP, Message, WireError, encode, unpack_header
 
-POLL_S = 0.0005
+POLL_MIN_S, POLL_MAX_S = 20e-6, 2e-3
 
 
 def init_dist(backend: str | None, timeout_s: float):
@@ -98,11 +98,12 @@ class DistChannel(Channel):
         if timeout is None:
             self._pending.wait()
         else:
-            deadline = time.monotonic() + timeout
+            deadline, nap = time.monotonic() + timeout, POLL_MIN_S
             while not self._length_arrived():
                 if time.monotonic() >= deadline:
                     return None
-                time.sleep(POLL_S)
+                time.sleep(nap)  # back off: quick when messages stream, cheap when idle
+                nap = min(2 * nap, POLL_MAX_S)
             self._pending.wait()  # completes the work (and syncs the stream for NCCL)
         self._pending = None
         n = int(self._len_buf.item())
