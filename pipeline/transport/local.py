@@ -129,6 +129,9 @@ class ShmChannel(Channel):
             return -1
 
     def close(self) -> None:
+        # Flush, don't cancel: a last "stop" queued by this process must reach the pipe.
+        # Both queues hold at most `slots` small items, so the flush cannot block on a
+        # full pipe even when the peer is gone.
         for q in (self.full, self.free):
-            q.cancel_join_thread()
             q.close()
+            q.join_thread()
