@@ -255,6 +255,10 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"got {m.skip_layers}")
     if m.head and n_layers < 2:
         raise ConfigError("model.head: needs at least 2 layers (it reads layers 1..)")
+    if t.schedule == "pipelined" and t.negatives == "hard":
+        raise ConfigError("train.negatives: 'hard' needs the whole model's label scores at "
+                          "the source, which a pipeline does not have; use random, or the "
+                          "lockstep / sequential schedule")
     if p.devices and len(p.devices) != n_layers:
         raise ConfigError(f"pipeline.devices: give one device per layer ({n_layers}), "
                           f"got {len(p.devices)}")

@@ -22,6 +22,28 @@ def base_summary(cfg: RunConfig) -> dict:
             "seed": cfg.train.seed}
 
 
+class StageLog:
+    """stage{k}.jsonl, mirrored to TensorBoard when drift.tensorboard is on."""
+
+    def __init__(self, cfg: RunConfig, k: int, append: bool = False):
+        self.k = k
+        self.jsonl = JsonlWriter(Path(cfg.out) / f"stage{k}.jsonl", append=append)
+        self.tb = None
+        if cfg.drift.tensorboard:
+            from pipeline.drift.tensorboard import TensorBoardMirror
+            self.tb = TensorBoardMirror(Path(cfg.out) / "tensorboard" / f"stage{k}")
+
+    def write(self, record: dict) -> None:
+        self.jsonl.write(record)
+        if self.tb is not None:
+            self.tb.write(record, self.k)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
 class LayerStats:
     """Running means of a layer's loss and goodness between two log records."""
 
@@ -45,7 +67,7 @@ class Recorder:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.t0 = time.monotonic()
-        self.stage_logs = [JsonlWriter(self.out / f"stage{k}.jsonl") for k in range(n_layers)]
+        self.stage_logs = [StageLog(cfg, k) for k in range(n_layers)]
         self.sink_log = JsonlWriter(self.out / "sink.jsonl")
         self.monitors = [DriftMonitor(k, cfg.drift) for k in range(n_layers)]
         self.stats = [LayerStats() for _ in range(n_layers)]

@@ -1,0 +1,37 @@
+"""`ffpipe bench pipeline|transport|drift`: benchmarks that print numbers.
+
+Speed targets live here, never in timed unit tests: every figure is a median over
+repetitions, next to a baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def bench_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ffpipe bench", description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["pipeline", "transport", "drift"])
+    p.add_argument("--steps", type=int, default=200, help="train steps per measurement")
+    p.add_argument("--reps", type=int, default=3, help="repetitions (medians reported)")
+    p.add_argument("--seconds", type=float, default=1.0, help="transport: seconds per round")
+    p.add_argument("--sizes", default="64K,1M,4M,16M", help="transport: message sizes")
+    p.add_argument("--transports", default="memcpy,local,zmq-tcp,zmq-ipc,dist-gloo")
+    a, rest = p.parse_known_args(argv)
+    if a.what == "transport":
+        from pipeline.bench.transport_bench import run_transport_bench
+        units = {"K": 1 << 10, "M": 1 << 20}
+        sizes = [int(s[:-1]) * units[s[-1].upper()] if s[-1].upper() in units else int(s)
+                 for s in a.sizes.split(",")]
+        run_transport_bench(sizes, a.transports.split(","), a.seconds)
+        return 0
+    from pipeline.cli import config_from_argv
+    cfg = config_from_argv(rest)
+    if a.what == "drift":
+        from pipeline.bench.pipeline_bench import run_drift_bench
+        run_drift_bench(cfg, a.steps, a.reps)
+        return 0
+    from pipeline.bench.pipeline_bench import run_pipeline_bench
+    from pipeline.datasets import load_dataset
+    run_pipeline_bench(cfg, load_dataset(cfg.data), a.steps, a.reps)
+    return 0

@@ -35,7 +35,8 @@ class Sink:
         self.out = Path(cfg.out)
         self.run_start = run_start or time.time()
         self.samples = 0
-        self.t_last_train = None
+        self.t_first_train = self.t_last_train = None
+        self.first_n = 0
         self.tallies: dict[int, EvalTally] = {}
         self.final: dict = {}
         self.history: list[dict] = []
@@ -80,6 +81,8 @@ class Sink:
         n = msg.meta["n"]
         self.samples += n
         self.t_last_train = time.time()
+        if self.t_first_train is None:
+            self.t_first_train, self.first_n = self.t_last_train, n
         if self.progress is not None:
             self.progress.update(n)
         if self.head is not None and "feats" in msg.tensors:
@@ -119,8 +122,19 @@ class Sink:
             torch.save(scores, self.out / "eval_scores.pt")
         return rec
 
+    def partial_final(self) -> dict:
+        """The final evaluation with chunks lost in transit (a peer restarted mid-run):
+        accuracy over the chunks that did arrive, and how many are missing."""
+        for tally in self.tallies.values():
+            if tally.final and tally.n:
+                return {"test_accuracy": tally.correct / tally.n,
+                        "eval_chunks_missing": tally.n_chunks - tally.chunks,
+                        **({"head_accuracy": tally.head_correct / tally.n}
+                           if self.head is not None else {})}
+        return {}
+
     def finish(self, stages: list[dict], interrupted: bool) -> dict:
-        last = self.final or (self.history[-1] if self.history else {})
+        last = self.final or self.partial_final() or (self.history[-1] if self.history else {})
         train_s = (self.t_last_train or time.time()) - self.run_start
         summary = {**base_summary(self.cfg), "transport": self.cfg.pipeline.transport,
                    "queue_policy": self.cfg.pipeline.queue_policy,
@@ -128,10 +142,14 @@ class Sink:
                    "train_samples": self.samples,
                    "wall_seconds": time.time() - self.run_start, "train_seconds": train_s,
                    "samples_per_second": self.samples / max(train_s, 1e-9),
+                   # first to last train arrival: without start-up and final evaluation
+                   "steady_samples_per_second": (self.samples - self.first_n) / max(
+                       (self.t_last_train or 0) - (self.t_first_train or 0), 1e-9),
                    "stages": [{k: v for k, v in s.items() if k != "drift"} for s in stages],
                    "drift": [s.get("drift", {}) for s in stages],
                    "interrupted": interrupted}
-        if "head_accuracy" in last:
-            summary["head_accuracy"] = last["head_accuracy"]
+        for key in ("head_accuracy", "eval_chunks_missing"):
+            if key in last:
+                summary[key] = last[key]
         write_json_atomic(self.out / "summary.json", summary)
         return summary

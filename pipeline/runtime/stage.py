@@ -16,15 +16,13 @@ import logging
 import os
 import socket
 import time
-from pathlib import Path
 
 import torch
 
 from pipeline.config import RunConfig
 from pipeline.drift import DriftMonitor
 from pipeline.layer_trainer import LayerTrainer
-from pipeline.recorder import LayerStats
-from pipeline.runlog import JsonlWriter
+from pipeline.recorder import LayerStats, StageLog
 from pipeline.runtime import checkpoint
 from pipeline.runtime.board import StampBoard
 from pipeline.runtime.flow import Flow
@@ -63,8 +61,7 @@ class StageWorker:
     def run(self) -> None:
         if self.cfg.pipeline.resume:
             self.restore()
-        self.log = JsonlWriter(Path(self.cfg.out) / f"stage{self.k}.jsonl",
-                               append=self.cfg.pipeline.resume)
+        self.log = StageLog(self.cfg, self.k, append=self.cfg.pipeline.resume)
         self.log.write({"kind": "start", "stage": self.k, "pid": os.getpid(),
                         "host": socket.gethostname(), "device": str(self.device),
                         "version": self.trainer.version, "resumed": self.cfg.pipeline.resume,

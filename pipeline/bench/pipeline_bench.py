@@ -1,0 +1,198 @@
+"""Does pipelining pay? Throughput of `pipelined` vs `lockstep` on the same cores.
+
+Three measurements, each repeated and reported as a median, all in one run:
+
+    stage alone   the real StageWorker, fed pre-made messages from memory (no transport,
+                  no peers), in a spawned process with `threads_per_stage` threads:
+                  the most one stage can do. The slowest stage bounds the pipeline.
+    lockstep      every layer in one process with K * threads_per_stage threads (the
+                  same total cores), train steps only.
+    pipelined     the real local launcher (source, K stages, sink), probes off; the
+                  steady rate at the sink (first to last train message), so process
+                  start-up and the final evaluation are not counted.
+
+    efficiency = pipelined samples/s / slowest stage-alone samples/s
+
+The drift benchmark runs the stage-alone measurement with probes at the configured
+interval and with probes off, alternating, and reports the overhead.
+"""
+
+from __future__ import annotations
+
+import collections
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+
+import torch
+import torch.multiprocessing as mp
+
+from pipeline.config import RunConfig, from_dict, to_dict
+from pipeline.ff import normalize
+from pipeline.layer_trainer import LayerTrainer
+from pipeline.runtime.flow import Flow
+from pipeline.transport import Channel
+from pipeline.wire import Message, ctrl
+
+
+class MemoryChannel(Channel):
+    """A channel that is a deque: pre-filled inbox or a sink that drops what it gets."""
+
+    def __init__(self, messages=()):
+        super().__init__()
+        self.q = collections.deque(messages)
+
+    def send(self, msg, timeout=None) -> bool:
+        return True
+
+    def recv(self, timeout=None):
+        return self.q.popleft() if self.q else None
+
+    def depth(self) -> int:
+        return len(self.q)
+
+
+def stage_messages(cfg: RunConfig, k: int, steps: int, probe_every: int) -> list[Message]:
+    """What stage k would receive: normalized random activations of the right width."""
+    gen = torch.Generator().manual_seed(k)
+    B, d = cfg.train.batch_size, cfg.model.layers[k]
+    norm = cfg.model.normalization
+    probe = normalize(torch.rand(cfg.drift.probe_size, d, generator=gen), norm)
+    msgs = []
+    for step in range(steps):
+        if probe_every and step % probe_every == 0:
+            # upstream moves a little between probes, so drift is non-zero work
+            jitter = 0.01 * step / steps * torch.randn(probe.shape, generator=gen)
+            msgs.append(Message("probe", versions=[step] * k, meta={"step": step},
+                                tensors={"x": normalize(probe + jitter, norm)}))
+        pos = normalize(torch.rand(B, d, generator=gen), norm)
+        neg = normalize(torch.rand(B, d, generator=gen), norm)
+        msgs.append(Message("train", versions=[step] * k,
+                            meta={"step": step, "total": steps, "n": B},
+                            tensors={"pos": pos, "neg": neg}))
+    msgs.append(ctrl("stop"))
+    return msgs
+
+
+def _stage_alone(cfg_dict: dict, k: int, steps: int, probe_every: int, out_q) -> None:
+    from pipeline.runtime.stage import StageWorker
+    cfg = from_dict(cfg_dict)
+    torch.set_num_threads(cfg.pipeline.threads_per_stage)
+    msgs = stage_messages(cfg, k, steps, probe_every)
+    warm = stage_messages(cfg, k, 5, 0)
+    cfg.drift.probe_every = probe_every
+    worker = StageWorker(k, cfg, Flow(MemoryChannel(warm), MemoryChannel(), lambda: False))
+    worker.run()  # warm-up: first-call costs (allocator, optimizer state) not counted
+    worker.flow = Flow(MemoryChannel(msgs), MemoryChannel(), lambda: False)
+    worker.samples = 0
+    t0 = time.perf_counter()
+    worker.run()
+    out_q.put(worker.samples / (time.perf_counter() - t0))
+
+
+def stage_alone_rate(cfg: RunConfig, k: int, steps: int, probe_every: int = 0) -> float:
+    """samples/s of stage k alone, measured in a fresh spawned process."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_stage_alone, args=(to_dict(cfg), k, steps, probe_every, q))
+    p.start()
+    try:
+        return q.get(timeout=600)
+    finally:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+
+
+def _lockstep(cfg_dict: dict, steps: int, threads: int, out_q) -> None:
+    cfg = from_dict(cfg_dict)
+    torch.set_num_threads(threads)
+    K = len(cfg.model.layers) - 1
+    trainers = [LayerTrainer(k, cfg) for k in range(K)]
+    gen = torch.Generator().manual_seed(0)
+    B, d = cfg.train.batch_size, cfg.model.layers[0]
+    batches = [(torch.rand(B, d, generator=gen), torch.rand(B, d, generator=gen))
+               for _ in range(8)]
+    t0 = None
+    for step in range(steps + 5):
+        if step == 5:
+            t0 = time.perf_counter()
+        pos, neg = batches[step % len(batches)]
+        for tr in trainers:
+            pos, neg, _ = tr.train_step(pos, neg, step / (steps + 5))
+    out_q.put(steps * B / (time.perf_counter() - t0))
+
+
+def lockstep_rate(cfg: RunConfig, steps: int, threads: int) -> float:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_lockstep, args=(to_dict(cfg), steps, threads, q))
+    p.start()
+    try:
+        return q.get(timeout=600)
+    finally:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+
+
+def pipelined_rate(cfg: RunConfig, ds, out_dir: str) -> float:
+    from pipeline.runtime.launcher import train_pipelined
+    cfg = from_dict(to_dict(cfg))
+    cfg.out, cfg.drift.probe_every, cfg.train.eval_every = out_dir, 0, 0
+    cfg.data.test_limit = cfg.pipeline.eval_batch  # one eval message: not what we measure
+    summary = train_pipelined(cfg, replace(ds, x_test=ds.x_test[:cfg.pipeline.eval_batch],
+                                           y_test=ds.y_test[:cfg.pipeline.eval_batch]))
+    return summary["steady_samples_per_second"]
+
+
+def run_pipeline_bench(cfg: RunConfig, ds, steps: int, reps: int = 3,
+                       stream=sys.stdout) -> dict:
+    K = len(cfg.model.layers) - 1
+    tps = cfg.pipeline.threads_per_stage
+    cfg.train.epochs = max(1, round(steps * cfg.train.batch_size / len(ds.x_train)))
+    rates = {"lockstep": [], "pipelined": [], **{f"stage{k}": [] for k in range(K)}}
+    print(f"pipeline bench: {K} stages x {tps} thread(s), batch {cfg.train.batch_size}, "
+          f"layers {cfg.model.layers}, {reps} reps", file=stream, flush=True)
+    with tempfile.TemporaryDirectory(prefix="ffbench") as tmp:
+        for rep in range(reps):
+            for k in range(K):
+                rates[f"stage{k}"].append(stage_alone_rate(cfg, k, steps))
+            rates["lockstep"].append(lockstep_rate(cfg, steps, K * tps))
+            rates["pipelined"].append(pipelined_rate(cfg, ds, f"{tmp}/run{rep}"))
+            print(f"  rep {rep + 1}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in rates.items())
+                  + " samples/s", file=stream, flush=True)
+    med = {n: statistics.median(v) for n, v in rates.items()}
+    slowest = min(med[f"stage{k}"] for k in range(K))
+    result = {**{f"{n}_samples_per_s": v for n, v in med.items()},
+              "slowest_stage_samples_per_s": slowest,
+              "efficiency": med["pipelined"] / slowest,
+              "pipelined_over_lockstep": med["pipelined"] / med["lockstep"]}
+    print(f"median samples/s: " + ", ".join(f"{n} {v:.0f}" for n, v in med.items()),
+          file=stream)
+    print(f"pipeline efficiency (pipelined / slowest stage alone): {result['efficiency']:.3f}",
+          file=stream)
+    print(f"pipelined / lockstep on {K * tps} cores: {result['pipelined_over_lockstep']:.3f}",
+          file=stream, flush=True)
+    return result
+
+
+def run_drift_bench(cfg: RunConfig, steps: int, reps: int = 5, stage: int = 1,
+                    stream=sys.stdout) -> dict:
+    """Stage throughput with drift monitoring at the configured probe interval vs off."""
+    every = cfg.drift.probe_every
+    on, off = [], []
+    for rep in range(reps):  # alternate, so slow drifts of the machine hit both alike
+        off.append(stage_alone_rate(cfg, stage, steps, probe_every=0))
+        on.append(stage_alone_rate(cfg, stage, steps, probe_every=every))
+        print(f"  rep {rep + 1}: probes off {off[-1]:.0f}, probes every {every} steps "
+              f"{on[-1]:.0f} samples/s", file=stream, flush=True)
+    m_on, m_off = statistics.median(on), statistics.median(off)
+    overhead = 1 - m_on / m_off
+    print(f"drift monitoring overhead at probe_every={every}, probe_size="
+          f"{cfg.drift.probe_size}: {100 * overhead:.1f}% of stage {stage} throughput "
+          f"(median {m_on:.0f} vs {m_off:.0f} samples/s)", file=stream, flush=True)
+    return {"probes_on_samples_per_s": m_on, "probes_off_samples_per_s": m_off,
+            "overhead": overhead}
