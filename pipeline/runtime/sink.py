@@ -42,6 +42,7 @@ class Sink:
         self.history: list[dict] = []
         self.progress = None
         self.head = self.head_opt = None
+        self.source_stats: dict = {}
 
     def on_start(self, meta: dict) -> None:
         """The source's first message says what the sink needs to know about the data."""
@@ -66,6 +67,7 @@ class Sink:
                     if rec is not None:
                         log.write(rec)
                 elif msg.kind == "ctrl" and msg.meta["op"] == "stop":
+                    self.source_stats = msg.meta.get("source", {})
                     return self.finish(msg.meta.get("stages", []), interrupted=False)
                 elif msg.kind == "ctrl" and "classes" in msg.meta:
                     self.on_start(msg.meta)
@@ -147,6 +149,10 @@ class Sink:
                        (self.t_last_train or 0) - (self.t_first_train or 0), 1e-9),
                    "stages": [{k: v for k, v in s.items() if k != "drift"} for s in stages],
                    "drift": [s.get("drift", {}) for s in stages],
+                   "cpu_seconds": {"source": self.source_stats.get("cpu_seconds"),
+                                   "sink": time.process_time(),
+                                   **{f"stage{s['stage']}": s.get("cpu_seconds")
+                                      for s in stages}},
                    "interrupted": interrupted}
         for key in ("head_accuracy", "eval_chunks_missing"):
             if key in last:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import torch
 
@@ -84,7 +85,8 @@ class Source:
                 self.flow.send(ctrl("checkpoint", step=done))
                 self.save(done)
         self.send_eval(self.total, final=True)
-        self.flow.send(ctrl("stop", step=self.total))
+        self.flow.send(ctrl("stop", step=self.total,
+                            source={"cpu_seconds": time.process_time()}))
 
     def probe(self) -> torch.Tensor:
         return probe_inputs(self.ds.x_train, self.ds.y_train, self.cfg, self.C)

@@ -217,4 +217,5 @@ class StageWorker:
                 "stale_drops": self.stale_drops, "rejected": self.flow.inbox.rejected,
                 "gaps": self.flow.inbox.gaps,
                 "mean_staleness": self.stale_total / max(self.stale_count, 1),
+                "cpu_seconds": time.process_time(),
                 "drift": self.monitor.summary()}
