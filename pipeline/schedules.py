@@ -126,15 +126,24 @@ def _finish(cfg, ds, rec, trainers, head, step, samples, t0, train_s, progress) 
                        "samples_per_second": samples / max(train_s, 1e-9)})
 
 
+class FFRun:
+    """What lockstep and sequential both set up: layers, head, logs, negatives, probes."""
+
+    def __init__(self, cfg: RunConfig, ds: Dataset):
+        self.gen = setup_torch(cfg)
+        self.t0 = time.monotonic()
+        self.K = len(cfg.model.layers) - 1
+        self.trainers = [LayerTrainer(k, cfg, cfg.train.device) for k in range(self.K)]
+        self.layers = [tr.layer for tr in self.trainers]
+        self.head = HeadTrainer(cfg, ds.num_classes) if cfg.model.head else None
+        self.rec, self.negs = Recorder(cfg, self.K), NegativeLabels(cfg, ds, self.gen)
+        self.probe = probe_inputs(ds.x_train, ds.y_train, cfg, ds.num_classes)
+
+
 def train_lockstep(cfg: RunConfig, ds: Dataset) -> dict:
-    gen = setup_torch(cfg)
-    t0 = time.monotonic()
-    K = len(cfg.model.layers) - 1
-    trainers = [LayerTrainer(k, cfg, cfg.train.device) for k in range(K)]
-    layers = [tr.layer for tr in trainers]
-    head = HeadTrainer(cfg, ds.num_classes) if cfg.model.head else None
-    rec, negs = Recorder(cfg, K), NegativeLabels(cfg, ds, gen)
-    probe = probe_inputs(ds.x_train, ds.y_train, cfg, ds.num_classes)
+    r = FFRun(cfg, ds)
+    gen, t0, K, trainers, layers, head = r.gen, r.t0, r.K, r.trainers, r.layers, r.head
+    rec, negs, probe = r.rec, r.negs, r.probe
     n, B, C = len(ds.x_train), cfg.train.batch_size, ds.num_classes
     total = cfg.train.epochs * steps_per_epoch(n, B)
     progress = Progress(cfg.train.epochs * n, f"{cfg.train.schedule}")
@@ -166,14 +175,9 @@ def train_lockstep(cfg: RunConfig, ds: Dataset) -> dict:
 
 def train_sequential(cfg: RunConfig, ds: Dataset) -> dict:
     """Layer k trains for all epochs on the outputs of the frozen layers 0..k-1."""
-    gen = setup_torch(cfg)
-    t0 = time.monotonic()
-    K = len(cfg.model.layers) - 1
-    trainers = [LayerTrainer(k, cfg, cfg.train.device) for k in range(K)]
-    layers = [tr.layer for tr in trainers]
-    head = HeadTrainer(cfg, ds.num_classes) if cfg.model.head else None
-    rec, negs = Recorder(cfg, K), NegativeLabels(cfg, ds, gen)
-    probe = probe_inputs(ds.x_train, ds.y_train, cfg, ds.num_classes)
+    r = FFRun(cfg, ds)
+    gen, t0, K, trainers, layers, head = r.gen, r.t0, r.K, r.trainers, r.layers, r.head
+    rec, negs, probe = r.rec, r.negs, r.probe
     n, B, C = len(ds.x_train), cfg.train.batch_size, ds.num_classes
     per_layer = cfg.train.epochs * steps_per_epoch(n, B)
     progress = Progress(K * cfg.train.epochs * n, "sequential")

@@ -1,9 +1,10 @@
 """Shared helpers for tests that start real processes.
 
-Every process a test starts carries a unique FFPIPE_TEST_TAG in its environment, which
+Every process a test starts carries a unique FFP_TEST_TAG in its environment, which
 its children inherit; `tagged_pids(tag)` finds any of them still alive, so a test can
 prove that nothing outlived the run, and the fixture kills leftovers so one failing test
-cannot leak processes into the next.
+cannot leak processes into the next. (The tag is not an FFPIPE_ variable: `ffpipe worker`
+reads every FFPIPE_* variable as a setting and rejects unknown ones.)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def tagged_pids(tag: str) -> list[int]:
         if not d.name.isdigit() or int(d.name) == me:
             continue
         try:
-            if f"FFPIPE_TEST_TAG={tag}".encode() in (d / "environ").read_bytes():
+            if f"FFP_TEST_TAG={tag}".encode() in (d / "environ").read_bytes():
                 out.append(int(d.name))
         except OSError:
             continue
@@ -81,7 +82,7 @@ class Procs:
         self.tag, self.started = tag, []
 
     def env(self, extra: dict | None = None) -> dict:
-        return {**os.environ, "FFPIPE_TEST_TAG": self.tag, "PYTHONUNBUFFERED": "1",
+        return {**os.environ, "FFP_TEST_TAG": self.tag, "PYTHONUNBUFFERED": "1",
                 **(extra or {})}
 
     def ffpipe(self, args: list[str], env: dict | None = None, **kw) -> subprocess.Popen:

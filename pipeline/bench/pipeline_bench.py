@@ -92,11 +92,11 @@ def _stage_alone(cfg_dict: dict, k: int, steps: int, probe_every: int, out_q) ->
     out_q.put(worker.samples / (time.perf_counter() - t0))
 
 
-def stage_alone_rate(cfg: RunConfig, k: int, steps: int, probe_every: int = 0) -> float:
-    """samples/s of stage k alone, measured in a fresh spawned process."""
+def in_child(target, *args) -> float:
+    """Run `target(*args, out_queue)` in a fresh spawned process; return what it puts."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_stage_alone, args=(to_dict(cfg), k, steps, probe_every, q))
+    p = ctx.Process(target=target, args=(*args, q))
     p.start()
     try:
         return q.get(timeout=600)
@@ -104,6 +104,11 @@ def stage_alone_rate(cfg: RunConfig, k: int, steps: int, probe_every: int = 0) -
         p.join(10)
         if p.is_alive():
             p.kill()
+
+
+def stage_alone_rate(cfg: RunConfig, k: int, steps: int, probe_every: int = 0) -> float:
+    """samples/s of stage k alone, measured in a fresh spawned process."""
+    return in_child(_stage_alone, to_dict(cfg), k, steps, probe_every)
 
 
 def _lockstep(cfg_dict: dict, steps: int, threads: int, out_q) -> None:
@@ -126,16 +131,7 @@ def _lockstep(cfg_dict: dict, steps: int, threads: int, out_q) -> None:
 
 
 def lockstep_rate(cfg: RunConfig, steps: int, threads: int) -> float:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_lockstep, args=(to_dict(cfg), steps, threads, q))
-    p.start()
-    try:
-        return q.get(timeout=600)
-    finally:
-        p.join(10)
-        if p.is_alive():
-            p.kill()
+    return in_child(_lockstep, to_dict(cfg), steps, threads)
 
 
 def pipelined_rate(cfg: RunConfig, ds, out_dir: str) -> float:
