@@ -127,12 +127,16 @@ def cmd_data(argv: list[str]) -> int:
     p.add_argument("--dataset", default="mnist-5k")
     p.add_argument("--train-size", type=int, default=None,
                    help="mnist-5k: images in the train split (default: the config default)")
+    p.add_argument("--all-train", action="store_true",
+                   help="mnist-5k: all 5,000 images as train files, no test files (add "
+                        "the real t10k files to the folder yourself)")
     a = p.parse_args(argv)
-    from pipeline.datasets import export_idx, load_dataset
+    from pipeline.datasets import all_train, export_idx, load_dataset
     overrides = [("data.dataset", a.dataset)]
     if a.train_size:
         overrides.append(("data.train_size", a.train_size))
-    ds = load_dataset(load_config(None, overrides).data)
+    cfg = load_config(None, overrides)
+    ds = all_train(a.dataset) if a.all_train else load_dataset(cfg.data)
     paths = export_idx(ds, a.out_dir)
     print(f"wrote {len(ds.x_train)} train and {len(ds.x_test)} test images: "
           + ", ".join(str(p) for p in paths.values()))

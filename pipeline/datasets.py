@@ -195,6 +195,15 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     return ds
 
 
+def all_train(ds_name: str) -> Dataset:
+    """Every image of a split dataset as training data, none held out (for an export
+    whose test files come from elsewhere, e.g. the real MNIST t10k)."""
+    if ds_name != "mnist-5k":
+        raise ConfigError(f"--all-train: only mnist-5k, not {ds_name}")
+    x, y = _mnist_5k_tensors()
+    return Dataset("mnist-5k", x, y, x[:0], y[:0], num_classes=10)
+
+
 def export_idx(ds: Dataset, out_dir: str | Path) -> dict[str, Path]:
     """Write `ds` as the four gzipped MNIST IDX files (uint8 28x28, round(x * 255)), so
     e.g. mnist-5k becomes a folder that `--dataset mnist --data-dir` can read."""
@@ -213,6 +222,8 @@ def export_idx(ds: Dataset, out_dir: str | Path) -> dict[str, Path]:
     }
     paths = {}
     for role, array in arrays.items():
+        if role.startswith("test") and len(ds.x_test) == 0:
+            continue  # train-only export: the user brings the t10k files
         paths[role] = out / f"{IDX_NAMES[role]}.gz"
         write_idx(paths[role], array)
     return paths
