@@ -69,6 +69,9 @@ def cmd_train(argv: list[str]) -> int:
     summary = train(cfg)
     if summary is None:  # a torchrun rank other than the sink
         return 0
+    if summary.get("test_accuracy") is None:
+        print(f"interrupted before a final evaluation -> {cfg.out}/summary.json")
+        return 130 if summary.get("interrupted") else 1
     line = f"test accuracy {100 * summary['test_accuracy']:.2f}%"
     if "head_accuracy" in summary:
         line += f", head accuracy {100 * summary['head_accuracy']:.2f}%"

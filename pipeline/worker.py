@@ -124,21 +124,33 @@ def bind_endpoint(endpoint: str, net) -> str:
 
 
 def version_board(role: str, cfg: RunConfig):
-    """zmq: an optional TCPStore hosted by the sink (net.store = host:port)."""
-    if not cfg.net.store:
+    """zmq: the version board is a TCPStore the sink hosts at net.store (host:port).
+
+    Stages connect in the background: until the store answers (or if it never does),
+    staleness comes from the version stamps alone, and nothing waits for it."""
+    if not cfg.net.store or role == "source":
         return StampBoard()
     import datetime
     from torch.distributed import TCPStore
     host, _, port = cfg.net.store.rpartition(":")
-    try:
-        store = TCPStore(host, int(port), is_master=(role == "sink"),
-                         wait_for_workers=False,
-                         timeout=datetime.timedelta(seconds=cfg.net.dist_timeout))
-    except Exception as exc:  # the run can go on without it: stamps give a lower bound
-        log.warning("version store %s unreachable (%s); staleness from stamps", cfg.net.store,
-                    exc)
-        return StampBoard()
-    return StoreBoard(store, every=max(1, cfg.train.log_every // 4))
+    timeout = datetime.timedelta(seconds=cfg.net.dist_timeout)
+    every = max(1, cfg.train.log_every // 4)
+    if role == "sink":
+        try:
+            # Listen on exactly the configured address (TCPStore alone would listen on
+            # every interface): loopback stays loopback.
+            listener = socket.create_server((cfg.net.bind_host or host, int(port)))
+            store = TCPStore(host, int(port), is_master=True, wait_for_workers=False,
+                             timeout=timeout, master_listen_fd=listener.fileno())
+        except Exception as exc:  # the run goes on without it
+            log.warning("cannot host the version store at %s (%s); stages fall back to "
+                        "version stamps", cfg.net.store, exc)
+            return StampBoard()
+        board = StoreBoard(store, every)
+        board.listener = listener  # the store serves on this socket: keep it open
+        return board
+    return StoreBoard.connect_later(
+        lambda: TCPStore(host, int(port), is_master=False, timeout=timeout), every)
 
 
 def dist_role(cfg: RunConfig):
@@ -195,12 +207,18 @@ def serve(role, index, cfg, inbox, outbox, board, restarts: int = 0) -> int:
         extra["dataset"] = ds
     log.info("%s %s on %s: transport %s", role, index if role == "stage" else "",
              socket.gethostname(), cfg.pipeline.transport)
+    finished = False
     try:
         run_role(role, index, cfg, flow, board, extra)
+        finished = True
     except Stopped:
         log.info("%s: stopped on request; checkpoint written", role)
         return 0
     finally:
+        if finished and hasattr(outbox, "linger_ms"):
+            # The last messages (final evaluation, stop) may still sit in zmq's queue
+            # while downstream works through its backlog: give them time to leave.
+            outbox.linger_ms = int(cfg.pipeline.stop_timeout * 1000) * 3
         for ch in (inbox, outbox):
             if ch is not None:
                 ch.close()

@@ -21,9 +21,13 @@ from pathlib import Path
 
 import pytest
 
-# Small, fast, and learnable by FF: 64-dim synthetic clusters need a stronger label.
+# Small, fast, and learnable by FF: 64-dim synthetic clusters need a stronger label, and
+# small batches give enough steps in 2-3 epochs (measured: ~98 % at 2 epochs, 3 seeds).
+SYNTH_BATCH = 25
+SYNTH_STEPS_PER_EPOCH = 1600 // SYNTH_BATCH  # synthetic has 1,600 training images
 SYNTH = ["--dataset", "synthetic", "--layers", "64,100,100,100", "--lr", "0.01",
-         "--model.label_strength=4", "--threads-per-stage", "1"]
+         "--model.label_strength=4", "--threads-per-stage", "1",
+         "--batch-size", str(SYNTH_BATCH)]
 
 
 def tagged_pids(tag: str) -> list[int]:

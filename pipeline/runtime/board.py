@@ -12,6 +12,7 @@ stamps alone (newest stamp seen minus this message's stamp): a lower bound.
 from __future__ import annotations
 
 import logging
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,23 @@ class StoreBoard(StampBoard):
         self.store, self.every = store, max(every, 1)
         self.cache: dict[int, int] = {}
         self.calls = 0
-        self.broken = False
+        self.broken = store is None  # not connected (yet): stamps only
+
+    @classmethod
+    def connect_later(cls, connect, every: int = 10) -> "StoreBoard":
+        """A board whose store is dialled in a background thread, so a store that is
+        slow to come up (or never does) never holds up training."""
+        board = cls(None, every)
+
+        def dial():
+            try:
+                board.store = connect()
+                board.broken = False
+            except Exception as exc:
+                log.warning("version store unreachable (%s); staleness from stamps", exc)
+
+        threading.Thread(target=dial, name="version-store", daemon=True).start()
+        return board
 
     def publish(self, k: int, version: int) -> None:
         if version % self.every == 0 and not self.broken:

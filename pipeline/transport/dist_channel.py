@@ -61,8 +61,19 @@ def init_dist(backend: str | None, timeout_s: float):
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    dist.init_process_group(backend, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if "MASTER_ADDR" not in os.environ:
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
+        return rank, world, local_rank, device
+    # torchrun keeps its store across restarts (--max-restarts): without a fresh key
+    # prefix per attempt, restarted ranks read the dead attempt's gloo addresses.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          is_master=rank == 0 and not agent_store, wait_for_workers=False,
+                          timeout=timeout)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"ffpipe/attempt{attempt}", store),
+                            rank=rank, world_size=world, timeout=timeout)
     return rank, world, local_rank, device
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SYNTH, read_jsonl, wait_for
+from conftest import SYNTH, SYNTH_STEPS_PER_EPOCH, read_jsonl, wait_for
 from pipeline.config import from_dict
 from pipeline.datasets import load_dataset
 from pipeline.evaluation import evaluate
@@ -106,7 +106,7 @@ def test_ctrl_c_stops_every_child_within_10s_flushes_checkpoints_and_resume_cont
     source = torch.load(out / "ckpt" / "source.pt", weights_only=True)
     assert source["step"] > 0
     # Resume: one more epoch than the source had reached; versions continue upward.
-    code, _, err = procs.run(["train", *SYNTH, "--epochs", str(source["step"] // 16 + 1),
+    code, _, err = procs.run(["train", *SYNTH, "--epochs", str(source["step"] // SYNTH_STEPS_PER_EPOCH + 1),
                               "--out", str(out), "--resume"], timeout=200)
     assert code == 0, err
     starts = [r for r in read_jsonl(out / "stage0.jsonl") if r["kind"] == "start"]
