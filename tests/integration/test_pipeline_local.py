@@ -33,6 +33,9 @@ def test_three_stage_pipeline_learns_writes_every_log_and_leaves_no_process(proc
         kinds = {r["kind"] for r in records}
         assert {"start", "train", "drift"} <= kinds
         assert all(len(r["staleness"]) == k for r in records if r["kind"] == "train")
+    stage0_drift = [r for r in read_jsonl(out / "stage0.jsonl") if r["kind"] == "drift"]
+    assert stage0_drift and all(r["cos_ref"] == 1.0 and r["mmd2_ref"] == 0.0
+                                for r in stage0_drift)  # its input is raw data
     evals = read_jsonl(out / "sink.jsonl")
     assert len(evals) >= 2 and evals[-1]["final"]
     assert evals[-1]["test_accuracy"] == summary["test_accuracy"]
