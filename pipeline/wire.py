@@ -132,6 +132,44 @@ def unpack_header(raw, max_bytes: int) -> dict:
     return header
 
 
+# Meta fields each kind must carry between pipeline roles, with their types. The codec
+# checks the format; the roles check this schema before acting, so a stage never trips
+# over a well-formed message that lacks what its kind promises.
+META_SCHEMA = {
+    "train": {"step": int, "total": int, "n": int},
+    "eval": {"eval_id": int, "chunk": int, "n_chunks": int, "step": int, "final": bool},
+    "probe": {"step": int},
+    "ctrl": {"op": str},
+}
+
+
+def check_meta(kind: str, meta: dict) -> None:
+    for key, tp in META_SCHEMA[kind].items():
+        value = meta.get(key)
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise WireError(f"{kind} message: meta {key!r} must be {tp.__name__}, "
+                            f"got {value!r}")
+    if kind == "train" and not (0 <= meta["step"] < meta["total"] and meta["n"] >= 0):
+        raise WireError(f"train message: step {meta['step']} outside 0..total-1")
+    if kind == "eval" and not 0 <= meta["chunk"] < meta["n_chunks"]:
+        raise WireError(f"eval message: chunk {meta['chunk']} outside 0..n_chunks-1")
+
+
+def expect(msg: Message, name: str, width: int | None = None, rows: int | None = None,
+           ndim: int = 2) -> torch.Tensor:
+    """The tensor `name` of a received message, checked for presence, rank and sizes."""
+    t = msg.tensors.get(name)
+    if t is None:
+        raise WireError(f"{msg.kind} message lacks tensor {name!r}")
+    if t.dim() != ndim or (width is not None and t.shape[-1] != width) or (
+            rows is not None and t.shape[0] != rows):
+        raise WireError(f"{msg.kind} message: tensor {name!r} has shape {list(t.shape)}, "
+                        f"expected {ndim}-d" + (f" with width {width}" if width else "")
+                        + (f" and {rows} rows" if rows is not None else "")
+                        + "; are all workers started with the same --layers?")
+    return t
+
+
 def tensor_from_buffer(buf, spec: dict) -> torch.Tensor:
     if len(buf) != spec["nbytes"]:
         raise WireError(f"tensor {spec['name']!r}: {len(buf)} bytes, expected "

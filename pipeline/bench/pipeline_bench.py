@@ -19,7 +19,6 @@ interval and with probes off, alternating, and reports the overhead.
 
 from __future__ import annotations
 
-import collections
 import statistics
 import sys
 import tempfile
@@ -33,25 +32,8 @@ from pipeline.config import RunConfig, from_dict, to_dict
 from pipeline.ff import normalize
 from pipeline.layer_trainer import LayerTrainer
 from pipeline.runtime.flow import Flow
-from pipeline.transport import Channel
+from pipeline.transport.memory import MemoryChannel
 from pipeline.wire import Message, ctrl
-
-
-class MemoryChannel(Channel):
-    """A channel that is a deque: pre-filled inbox or a sink that drops what it gets."""
-
-    def __init__(self, messages=()):
-        super().__init__()
-        self.q = collections.deque(messages)
-
-    def send(self, msg, timeout=None) -> bool:
-        return True
-
-    def recv(self, timeout=None):
-        return self.q.popleft() if self.q else None
-
-    def depth(self) -> int:
-        return len(self.q)
 
 
 def stage_messages(cfg: RunConfig, k: int, steps: int, probe_every: int) -> list[Message]:

@@ -16,7 +16,7 @@ from pipeline.ff import LinearHead
 from pipeline.recorder import base_summary
 from pipeline.runlog import JsonlWriter, Progress, write_json_atomic
 from pipeline.runtime.flow import Flow
-from pipeline.wire import Message
+from pipeline.wire import Message, WireError, check_meta, expect
 
 
 class EvalTally:
@@ -44,13 +44,24 @@ class Sink:
         self.head = self.head_opt = None
         self.source_stats: dict = {}
 
+    def labels(self, msg: Message, rows: int | None = None) -> torch.Tensor:
+        y = expect(msg, "y", rows=rows, ndim=1)
+        if y.dtype != torch.int64 or (len(y) and not (0 <= int(y.min()) and
+                                                     int(y.max()) < self.C)):
+            raise WireError(f"{msg.kind} message: labels must be int64 in 0..{self.C - 1}")
+        return y
+
     def on_start(self, meta: dict) -> None:
         """The source's first message says what the sink needs to know about the data."""
         if self.C is not None:
             return
+        if not (isinstance(meta.get("classes"), int) and meta["classes"] > 1 and
+                isinstance(meta.get("total_samples"), int)):
+            raise WireError("start message: classes and total_samples must be ints")
         self.C = meta["classes"]
         self.progress = Progress(meta["total_samples"], "pipelined")
-        self.progress.update(meta.get("done_samples", 0))
+        done = meta.get("done_samples", 0)
+        self.progress.update(done if isinstance(done, int) else 0)
         if self.cfg.model.head:
             self.head = LinearHead(self.cfg.model.layers[2:], self.C)
             self.head_opt = torch.optim.Adam(self.head.parameters(), lr=self.cfg.train.head_lr)
@@ -60,17 +71,16 @@ class Sink:
         try:
             while True:
                 msg = self.flow.recv()
-                if msg.kind == "train":
-                    self.on_train(msg)
-                elif msg.kind == "eval":
-                    rec = self.on_eval(msg)
-                    if rec is not None:
-                        log.write(rec)
-                elif msg.kind == "ctrl" and msg.meta["op"] == "stop":
+                try:
+                    rec = self.handle(msg)
+                except WireError as exc:  # well-formed bytes, wrong content: skip it
+                    self.flow.inbox.reject(str(exc))
+                    continue
+                if rec is not None:
+                    log.write(rec)
+                if msg.kind == "ctrl" and msg.meta["op"] == "stop":
                     self.source_stats = msg.meta.get("source", {})
                     return self.finish(msg.meta.get("stages", []), interrupted=False)
-                elif msg.kind == "ctrl" and "classes" in msg.meta:
-                    self.on_start(msg.meta)
         except BaseException:
             self.finish([], interrupted=True)
             raise
@@ -78,6 +88,16 @@ class Sink:
             log.close()
             if self.progress is not None:
                 self.progress.close()
+
+    def handle(self, msg: Message) -> dict | None:
+        check_meta(msg.kind, msg.meta)
+        if msg.kind == "train":
+            self.on_train(msg)
+        elif msg.kind == "eval":
+            return self.on_eval(msg)
+        elif msg.kind == "ctrl" and "classes" in msg.meta:
+            self.on_start(msg.meta)
+        return None
 
     def on_train(self, msg: Message) -> None:
         n = msg.meta["n"]
@@ -88,16 +108,20 @@ class Sink:
         if self.progress is not None:
             self.progress.update(n)
         if self.head is not None and "feats" in msg.tensors:
-            loss = F.cross_entropy(self.head(msg.tensors["feats"].float()), msg.tensors["y"])
+            feats = expect(msg, "feats", self.head.linear.in_features)
+            y = self.labels(msg, len(feats))
+            loss = F.cross_entropy(self.head(feats.float()), y)
             self.head_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.head_opt.step()
 
     def on_eval(self, msg: Message) -> dict | None:
         meta = msg.meta
+        if self.C is None:
+            raise WireError("eval message before the source's start message")
+        y = self.labels(msg)
+        scores = expect(msg, "acc", rows=len(y) * self.C, ndim=1).float().view(-1, self.C)
         tally = self.tallies.setdefault(meta["eval_id"], EvalTally(meta))
-        scores = msg.tensors["acc"].float().view(-1, self.C)
-        y = msg.tensors["y"]
         tally.chunks += 1
         tally.n += len(y)
         tally.correct += int((scores.argmax(1) == y).sum())
@@ -105,7 +129,8 @@ class Sink:
             tally.scores[meta["chunk"]] = scores.clone()
         if self.head is not None and "feats" in msg.tensors:
             with torch.no_grad():
-                pred = self.head(msg.tensors["feats"].float()).argmax(1)
+                feats = expect(msg, "feats", self.head.linear.in_features, rows=len(y))
+                pred = self.head(feats.float()).argmax(1)
             tally.head_correct += int((pred == y).sum())
         if tally.chunks < tally.n_chunks:
             return None
@@ -135,7 +160,8 @@ class Sink:
                            if self.head is not None else {})}
         return {}
 
-    def finish(self, stages: list[dict], interrupted: bool) -> dict:
+    def finish(self, stages, interrupted: bool) -> dict:
+        stages = [s for s in stages if isinstance(s, dict)] if isinstance(stages, list) else []
         last = self.final or self.partial_final() or (self.history[-1] if self.history else {})
         train_s = (self.t_last_train or time.time()) - self.run_start
         summary = {**base_summary(self.cfg), "transport": self.cfg.pipeline.transport,

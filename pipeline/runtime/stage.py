@@ -27,7 +27,7 @@ from pipeline.runtime import checkpoint
 from pipeline.runtime.board import StampBoard
 from pipeline.runtime.flow import Flow
 from pipeline.runtime.replay import ReplayBuffer
-from pipeline.wire import Message
+from pipeline.wire import Message, WireError, check_meta, expect
 
 log = logging.getLogger(__name__)
 DRAIN_LIMIT = 64  # 'latest' policy: most messages pulled ahead to find the freshest
@@ -42,6 +42,7 @@ class StageWorker:
         self.board = board or StampBoard()
         self.device = torch.device(device)
         self.trainer = LayerTrainer(index, cfg, device)
+        self.d_in = cfg.model.layers[index]
         self.monitor = DriftMonitor(index, cfg.drift)
         self.replay = ReplayBuffer(cfg.pipeline.replay) if cfg.pipeline.replay else None
         self.ckpt = checkpoint.ckpt_path(cfg.out, f"stage{index}")
@@ -69,7 +70,12 @@ class StageWorker:
         try:
             while True:
                 msg = self.next_message()
-                out = getattr(self, f"on_{msg.kind}")(msg)
+                try:
+                    check_meta(msg.kind, msg.meta)
+                    out = getattr(self, f"on_{msg.kind}")(msg)
+                except WireError as exc:  # well-formed bytes, wrong content: skip it
+                    self.flow.inbox.reject(str(exc))
+                    continue
                 if out is not None:
                     self.flow.send(out)
                 if msg.kind == "ctrl" and msg.meta["op"] == "stop":
@@ -111,8 +117,9 @@ class StageWorker:
         return Message(kind=msg.kind, versions=msg.versions + [version], meta=msg.meta,
                        tensors=tensors)
 
-    def t(self, msg: Message, name: str) -> torch.Tensor:
-        return msg.tensors[name].to(self.device, non_blocking=True)
+    def t(self, msg: Message, name: str, width: int | None = None, rows: int | None = None,
+          ndim: int = 2) -> torch.Tensor:
+        return expect(msg, name, width, rows, ndim).to(self.device, non_blocking=True)
 
     # ---- message kinds ---------------------------------------------------------------
     def on_train(self, msg: Message) -> Message | None:
@@ -121,7 +128,8 @@ class StageWorker:
         if s_max >= 0 and stale and max(stale) > s_max:
             self.stale_drops += 1
             return None
-        pos, neg = self.t(msg, "pos"), self.t(msg, "neg")
+        pos = self.t(msg, "pos", self.d_in)
+        neg = self.t(msg, "neg", self.d_in, rows=len(pos))
         n = len(pos)
         if self.replay is not None:
             fresh = (pos, neg)
@@ -149,9 +157,9 @@ class StageWorker:
         """Head inputs ride along: the neutral-label rows and the features gathered so far."""
         if "neutral" not in msg.tensors:
             return {}
-        h = self.trainer.forward(self.t(msg, "neutral"))
-        out = {"y": msg.tensors["y"]}
-        feats = [msg.tensors["feats"].to(self.device)] if "feats" in msg.tensors else []
+        h = self.trainer.forward(self.t(msg, "neutral", self.d_in))
+        out = {"y": expect(msg, "y", rows=len(h), ndim=1)}
+        feats = [self.t(msg, "feats", rows=len(h))] if "feats" in msg.tensors else []
         if self.k >= 1:
             feats.append(self.trainer.output(h))
         if feats:
@@ -161,8 +169,9 @@ class StageWorker:
         return out
 
     def on_eval(self, msg: Message) -> Message:
-        h = self.trainer.forward(self.t(msg, "x"))
-        acc = self.t(msg, "acc")
+        h = self.trainer.forward(self.t(msg, "x", self.d_in))
+        acc = self.t(msg, "acc", rows=len(h), ndim=1)
+        expect(msg, "y", ndim=1)
         if self.k >= self.cfg.model.skip_layers:
             acc = acc + self.trainer.goodness(h)  # never write into a received buffer
         tensors = {"acc": acc, "y": msg.tensors["y"]}
@@ -172,7 +181,7 @@ class StageWorker:
         return self.forward_as(msg, tensors, self.trainer.version)
 
     def on_probe(self, msg: Message) -> Message:
-        x = self.t(msg, "x")
+        x = self.t(msg, "x", self.d_in)
         rec = self.monitor.observe(
             x, self.trainer.version, source_step=msg.meta.get("step", 0),
             time=time.monotonic() - self.t_start, staleness=self.board.staleness(msg.versions))
@@ -186,7 +195,9 @@ class StageWorker:
             self.save()
         elif op == "stop":
             self.write_train_record()
-            msg.meta = {**msg.meta, "stages": msg.meta.get("stages", []) + [self.final_stats()]}
+            before = msg.meta.get("stages", [])
+            before = before if isinstance(before, list) else []
+            msg.meta = {**msg.meta, "stages": before + [self.final_stats()]}
         return self.forward_as(msg, {}, self.trainer.version)
 
     # ---- logging ---------------------------------------------------------------------

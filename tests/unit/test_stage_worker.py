@@ -1,0 +1,85 @@
+"""StageWorker in one process, driven through in-memory channels."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.config import load_config
+from pipeline.runtime.flow import Flow
+from pipeline.runtime.stage import StageWorker
+from pipeline.transport.memory import MemoryChannel
+from pipeline.wire import Message, ctrl
+
+
+def cfg_for(tmp_path, *overrides):
+    return load_config(None, [("model.layers", "8,6,4"), ("out", str(tmp_path)),
+                              ("drift.probe_every", "0"), *overrides])
+
+
+def train_msg(step: int, width: int = 8, rows: int = 5, versions=(), **meta) -> Message:
+    m = {"step": step, "total": 100, "n": rows, **meta}
+    return Message("train", versions=list(versions), meta=m,
+                   tensors={"pos": torch.rand(rows, width), "neg": torch.rand(rows, width)})
+
+
+def run_stage(tmp_path, k: int, messages, *overrides):
+    inbox, outbox = MemoryChannel(messages + [ctrl("stop")]), MemoryChannel(keep=True)
+    worker = StageWorker(k, cfg_for(tmp_path, *overrides), Flow(inbox, outbox, lambda: False))
+    worker.run()
+    return worker, inbox, outbox.out
+
+
+def test_stage_rejects_wrong_content_counts_it_and_keeps_training(tmp_path):
+    bad = [
+        Message("train", meta={"step": 1}, tensors={}),                    # meta incomplete
+        Message("train", meta={"step": 1, "total": 100, "n": 5},
+                tensors={"pos": torch.rand(5, 8)}),                         # no negatives
+        train_msg(2, width=7),                                              # wrong width
+        Message("eval", meta={"eval_id": 0, "chunk": 3, "n_chunks": 2, "step": 0,
+                              "final": False}, tensors={}),                 # chunk out of range
+        Message("probe", meta={"step": 0}, tensors={"x": torch.rand(4)}),   # 1-d probe
+    ]
+    worker, inbox, out = run_stage(tmp_path, 0, bad + [train_msg(3)])
+    assert inbox.rejected == len(bad)
+    assert worker.trainer.version == 1  # the good message trained the layer
+    trained = [m for m in out if m.kind == "train"]
+    assert len(trained) == 1 and trained[0].tensors["pos"].shape == (5, 6)
+
+
+def test_forwarded_messages_carry_every_upstream_version_plus_this_stages(tmp_path):
+    msgs = [train_msg(s, width=6, versions=[10 + s]) for s in range(3)]
+    _, _, out = run_stage(tmp_path, 1, msgs)
+    versions = [m.versions for m in out if m.kind == "train"]
+    assert versions == [[10, 1], [11, 2], [12, 3]]
+
+
+def test_latest_policy_trains_on_the_freshest_input_and_counts_the_drops(tmp_path):
+    msgs = [train_msg(s) for s in range(6)]
+    worker, _, out = run_stage(tmp_path, 0, msgs, ("pipeline.queue_policy", "latest"))
+    assert worker.drops == 5 and worker.trainer.version == 1
+    assert [m.meta["step"] for m in out if m.kind == "train"] == [5]
+    assert out[-1].kind == "ctrl"  # the stop is never dropped
+
+
+def test_max_staleness_discards_inputs_from_upstream_versions_too_old(tmp_path):
+    # The newest stamp seen from stage 0 is 20; inputs stamped 5 are 15 updates old.
+    msgs = [train_msg(0, width=6, versions=[20]), train_msg(1, width=6, versions=[5]),
+            train_msg(2, width=6, versions=[19])]
+    worker, _, out = run_stage(tmp_path, 1, msgs, ("pipeline.max_staleness", "3"))
+    assert worker.stale_drops == 1 and worker.trainer.version == 2
+
+
+def test_replay_mixes_buffered_rows_into_training_but_forwards_only_fresh_ones(tmp_path):
+    msgs = [train_msg(s) for s in range(4)]
+    worker, _, out = run_stage(tmp_path, 0, msgs, ("pipeline.replay", "50"))
+    assert worker.replay.size == 20
+    assert all(m.tensors["pos"].shape == (5, 6) for m in out if m.kind == "train")
+
+
+def test_stop_checkpoints_and_a_resumed_stage_continues_from_that_version(tmp_path):
+    worker, _, _ = run_stage(tmp_path, 0, [train_msg(s) for s in range(4)])
+    saved = {k: v.clone() for k, v in worker.trainer.layer.state_dict().items()}
+    again, _, _ = run_stage(tmp_path, 0, [], ("pipeline.resume", "true"))
+    assert again.trainer.version == 4
+    for k, v in again.trainer.layer.state_dict().items():
+        assert torch.equal(v, saved[k])
