@@ -71,7 +71,7 @@ class TrainConfig:
     head_lr: float = opt(1e-3, "learning rate of the softmax head (Adam)", lo=0.0)
     seed: int = opt(0, "seed for init, batches and negatives", lo=0)
     log_every: int = opt(20, "steps between log records", lo=1)
-    eval_every: int = opt(0, "steps between test evaluations logged to sink.jsonl "
+    eval_every: int = opt(500, "steps between test evaluations logged to sink.jsonl "
                              "(0 = only at the end)", lo=0)
     threads: int = opt(0, "torch threads for single-process schedules (0 = torch default)", lo=0)
     device: str = opt("cpu", "device for single-process schedules (cpu, cuda, cuda:N)")

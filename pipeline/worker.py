@@ -19,13 +19,11 @@ import logging
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 
-import torch
 
 from pipeline.config import SHORT_FLAGS, RunConfig, load_config, to_dict
-from pipeline.errors import ConfigError, UserError
+from pipeline.errors import ConfigError
 from pipeline.runlog import write_json_atomic
 from pipeline.runtime.board import StampBoard, StoreBoard
 from pipeline.runtime.flow import Flow, Stopped

@@ -148,7 +148,7 @@ def run_pipeline_bench(cfg: RunConfig, ds, steps: int, reps: int = 3,
               "slowest_stage_samples_per_s": slowest,
               "efficiency": med["pipelined"] / slowest,
               "pipelined_over_lockstep": med["pipelined"] / med["lockstep"]}
-    print(f"median samples/s: " + ", ".join(f"{n} {v:.0f}" for n, v in med.items()),
+    print("median samples/s: " + ", ".join(f"{n} {v:.0f}" for n, v in med.items()),
           file=stream)
     print(f"pipeline efficiency (pipelined / slowest stage alone): {result['efficiency']:.3f}",
           file=stream)
