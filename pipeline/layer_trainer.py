@@ -64,7 +64,10 @@ class LayerTrainer:
         """One optimizer step on (pos, neg); returns normalized detached outputs + stats."""
         self.set_progress(progress)
         kind = self.cfg.model.goodness
-        h_pos, h_neg = self.layer(pos), self.layer(neg)
+        # One matmul over [pos; neg] instead of two: the same maths, and a 200-row GEMM
+        # ran ~1.6x faster than two 100-row ones (forward + weight gradient, 1 thread).
+        h = self.layer(torch.cat([pos, neg]))
+        h_pos, h_neg = h[:len(pos)], h[len(pos):]
         g_pos, g_neg = goodness(h_pos, kind), goodness(h_neg, kind)
         loss = ff_loss(g_pos, g_neg, self.theta)
         if self.cfg.train.peer_lambda > 0:

@@ -35,8 +35,8 @@ class Sink:
         self.out = Path(cfg.out)
         self.run_start = run_start or time.time()
         self.samples = 0
-        self.t_first_train = self.t_last_train = None
-        self.first_n = 0
+        self.t_last_train = None
+        self.arrivals: list[tuple[float, int]] = []  # (time, samples so far) per train msg
         self.tallies: dict[int, EvalTally] = {}
         self.final: dict = {}
         self.history: list[dict] = []
@@ -103,8 +103,7 @@ class Sink:
         n = msg.meta["n"]
         self.samples += n
         self.t_last_train = time.time()
-        if self.t_first_train is None:
-            self.t_first_train, self.first_n = self.t_last_train, n
+        self.arrivals.append((self.t_last_train, self.samples))
         if self.progress is not None:
             self.progress.update(n)
         if self.head is not None and "feats" in msg.tensors:
@@ -149,6 +148,15 @@ class Sink:
             torch.save(scores, self.out / "eval_scores.pt")
         return rec
 
+    def steady_rate(self) -> float | None:
+        """samples/s between the 10 % and 90 % marks of the train stream: without process
+        start-up, pipeline fill and drain, and the final evaluation."""
+        if len(self.arrivals) < 10:
+            return None
+        (t0, s0), (t1, s1) = (self.arrivals[len(self.arrivals) // 10],
+                              self.arrivals[len(self.arrivals) * 9 // 10])
+        return (s1 - s0) / max(t1 - t0, 1e-9)
+
     def partial_final(self) -> dict:
         """The final evaluation with chunks lost in transit (a peer restarted mid-run):
         accuracy over the chunks that did arrive, and how many are missing."""
@@ -170,9 +178,7 @@ class Sink:
                    "train_samples": self.samples,
                    "wall_seconds": time.time() - self.run_start, "train_seconds": train_s,
                    "samples_per_second": self.samples / max(train_s, 1e-9),
-                   # first to last train arrival: without start-up and final evaluation
-                   "steady_samples_per_second": (self.samples - self.first_n) / max(
-                       (self.t_last_train or 0) - (self.t_first_train or 0), 1e-9),
+                   "steady_samples_per_second": self.steady_rate(),
                    "stages": [{k: v for k, v in s.items() if k != "drift"} for s in stages],
                    "drift": [s.get("drift", {}) for s in stages],
                    "cpu_seconds": {"source": self.source_stats.get("cpu_seconds"),
