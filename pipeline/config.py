@@ -120,6 +120,8 @@ class NetConfig:
                          "staleness); empty = staleness from version stamps only")
     curve_dir: str = opt("", "zmq: folder made by `ffpipe keys` to turn on CURVE encryption")
     dist_timeout: float = opt(600.0, "torch.distributed process-group timeout, seconds", lo=1.0)
+    dist_backend: str = opt("auto", "torch.distributed backend; auto = nccl when every local "
+                                    "rank owns a GPU, else gloo", choices=("auto", "gloo", "nccl"))
 
 
 @dataclass(kw_only=True, slots=True)

@@ -18,9 +18,10 @@ def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate(layers, x: torch.Tensor, y: torch.Tensor, cfg: RunConfig, num_classes: int,
-             head=None, device: str = "cpu") -> dict:
+             head=None) -> dict:
+    """Accuracy of `layers` on (x, y), computed on the device the layers live on."""
     m = cfg.model
-    x = x.to(device)
+    x = x.to(next(layers[0].parameters()).device)
     scores = label_scores(layers, x, num_classes, strength=m.label_strength,
                           skip=m.skip_layers, kind=m.goodness)
     out = {"test_accuracy": accuracy(scores.argmax(1), y)}

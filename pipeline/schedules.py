@@ -85,7 +85,7 @@ class HeadTrainer:
 
     def __init__(self, cfg: RunConfig, num_classes: int):
         self.cfg = cfg
-        self.head = LinearHead(cfg.model.layers[2:], num_classes)
+        self.head = LinearHead(cfg.model.layers[2:], num_classes).to(cfg.train.device)
         self.opt = torch.optim.Adam(self.head.parameters(), lr=cfg.train.head_lr)
         self.num_classes = num_classes
 

@@ -156,7 +156,7 @@ def dist_role(cfg: RunConfig):
     from torch.distributed import distributed_c10d
     from pipeline.transport.dist_channel import DistChannel, init_dist
     K = len(cfg.model.layers) - 1
-    rank, world, local_rank, device = init_dist(None, cfg.net.dist_timeout)
+    rank, world, local_rank, device = init_dist(cfg.net.dist_backend, cfg.net.dist_timeout)
     if world != K + 2:
         raise ConfigError(f"torchrun world size {world} != {K} layers + source + sink; "
                           f"use --nproc-per-node={K + 2}")

@@ -43,8 +43,9 @@ POLL_MIN_S, POLL_MAX_S = 20e-6, 2e-3
 def init_dist(backend: str | None, timeout_s: float):
     """Join the `torchrun` job: returns (rank, world_size, local_rank, device).
 
-    backend None picks NCCL when CUDA is available, else gloo. With NCCL the rank uses
-    `cuda:LOCAL_RANK`. MASTER_ADDR/MASTER_PORT come from the environment (torchrun sets them).
+    backend "auto" picks NCCL when every local rank owns a GPU (LOCAL_WORLD_SIZE <= the
+    GPU count), else gloo. With NCCL the rank uses `cuda:LOCAL_RANK`. MASTER_ADDR/MASTER_PORT
+    come from the environment (torchrun sets them).
     """
     missing = [k for k in ("RANK", "WORLD_SIZE") if k not in os.environ]
     if missing:
@@ -52,11 +53,14 @@ def init_dist(backend: str | None, timeout_s: float):
                         f"torchrun, e.g. `torchrun --nproc-per-node N -m pipeline.cli ...`")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if backend in (None, "auto"):
+        backend = "nccl" if gpus >= local_world else "gloo"
     if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise UserError("backend nccl needs CUDA, which this machine lacks; use gloo")
+        if gpus < local_world:
+            raise UserError(f"backend nccl needs one GPU per local rank: {local_world} ranks, "
+                            f"{gpus} GPU(s) here; use --net.dist_backend gloo")
         device = torch.device(f"cuda:{local_rank}")
         torch.cuda.set_device(device)
     else:

@@ -157,3 +157,13 @@ def test_impossible_header_length_is_a_fatal_wire_error_and_counted():
     r = run_pair(scenario_bad_length)[1]
     assert r["error"] and "out of sync" in r["error"]
     assert r["rejected"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 4, reason="this machine has a GPU per rank")
+def test_nccl_without_a_gpu_per_local_rank_says_to_use_gloo(monkeypatch):
+    from pipeline.errors import UserError
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(UserError, match="one GPU per local rank.*dist_backend gloo"):
+        init_dist("nccl", timeout_s=5)
