@@ -29,18 +29,8 @@ done
 
 PYTHON=${PYTHON:-python3}
 # K from the same options `ffpipe train` will parse (a bad option fails here, in one line).
-K=$("$PYTHON" -c '
-import sys
-from pipeline.cli import parse_overrides
-from pipeline.config import load_config
-from pipeline.errors import UserError
-try:
-    path, overrides = parse_overrides(sys.argv[1:])
-    print(len(load_config(path, overrides).model.layers) - 1)
-except UserError as exc:
-    print(f"ffpipe: error: {exc}", file=sys.stderr)
-    sys.exit(2)
-' "$@")
+read -r K _ < <("$PYTHON" -m pipeline.launch_info "$@") || true
+[ -n "${K:-}" ] || exit 2
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # --transport dist goes last so it wins over any --transport in the options.

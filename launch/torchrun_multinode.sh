@@ -47,18 +47,8 @@ die() { echo "torchrun_multinode.sh: error: $*" >&2; exit 2; }
 
 PYTHON=${PYTHON:-python3}
 # K from the same options `ffpipe train` will parse (a bad option fails here, in one line).
-K=$("$PYTHON" -c '
-import sys
-from pipeline.cli import parse_overrides
-from pipeline.config import load_config
-from pipeline.errors import UserError
-try:
-    path, overrides = parse_overrides(sys.argv[1:])
-    print(len(load_config(path, overrides).model.layers) - 1)
-except UserError as exc:
-    print(f"ffpipe: error: {exc}", file=sys.stderr)
-    sys.exit(2)
-' "$@")
+read -r K _ < <("$PYTHON" -m pipeline.launch_info "$@") || true
+[ -n "${K:-}" ] || exit 2
 WORLD=$((K + 2))
 NPROC_PER_NODE=${NPROC_PER_NODE:-$(((WORLD + NNODES - 1) / NNODES))}
 [ $((NNODES * NPROC_PER_NODE)) -eq "$WORLD" ] || die "$K layers need $WORLD ranks, but \

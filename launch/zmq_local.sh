@@ -35,21 +35,7 @@ done
 PYTHON=${PYTHON:-python3}
 STOP_TIMEOUT=${STOP_TIMEOUT:-10}
 # K and the version-board address from the same options the workers parse.
-read -r K STORE < <("$PYTHON" -c '
-import sys
-from pipeline.cli import parse_overrides
-from pipeline.config import load_config
-from pipeline.errors import UserError
-try:
-    path, overrides = parse_overrides(sys.argv[1:] + ["--transport", "zmq"])
-    cfg = load_config(path, overrides)
-except UserError as exc:
-    print(f"ffpipe: error: {exc}", file=sys.stderr)
-    sys.exit(2)
-net = cfg.net
-store = net.store or ("-" if net.ipc_dir else f"{net.host}:{net.base_port}")
-print(len(cfg.model.layers) - 1, store)
-' "$@") || true
+read -r K STORE < <("$PYTHON" -m pipeline.launch_info "$@" --transport zmq) || true
 [ -n "${K:-}" ] || exit 2
 extra=(--transport zmq)
 [ "$STORE" = "-" ] || extra+=(--net.store="$STORE")

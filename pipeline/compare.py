@@ -1,7 +1,10 @@
 """`ffpipe compare`: every schedule x normalization x seed on the same data, architecture
 and sample budget, side by side in one table, plus the linear-probe baselines.
 
-Each run is an ordinary `train(cfg)` into OUT/{schedule}-{norm}-s{seed}/, one after the
+A `--schedules` item may carry its own train overrides: `pipelined+replay=512` or
+`pipelined+max-staleness=2` put a drift mitigation beside the plain pipeline.
+
+Each run is an ordinary `train(cfg)` into OUT/{item}-{norm}-s{seed}/, one after the
 other in this process (pipelined runs spawn their own processes). A run folder whose
 summary.json was written under the same config is reused, so an interrupted compare
 picks up where it stopped.
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.config import SCHEDULES, RunConfig, load_config, to_dict, validate
+from pipeline.config import SCHEDULES, RunConfig, load_config, set_value, to_dict, validate
 from pipeline.errors import ConfigError
 from pipeline.runlog import Progress, read_jsonl
 
@@ -43,7 +46,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
         epilog="Any other option is a `ffpipe train` override applied to every run, e.g. "
                "--epochs 5 --dataset synthetic --layers 64,100,100 --train.lr=0.01")
     p.add_argument("--config", help="TOML config for every run")
-    p.add_argument("--schedules", default="backprop,lockstep,sequential,pipelined")
+    p.add_argument("--schedules", default="backprop,lockstep,sequential,pipelined",
+                   help="comma-separated; an item may add +key=value train overrides, "
+                        "e.g. pipelined+replay=512,pipelined+max-staleness=2")
     p.add_argument("--normalizations", default="rms,length,none")
     p.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
     p.add_argument("--out", default="runs/compare")
@@ -52,10 +57,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
     args, rest = p.parse_known_args(argv)
     from pipeline.cli import parse_overrides
     path, overrides = parse_overrides(rest)
-    for key, _ in overrides:
+    for key, value in overrides:
+        set_value(RunConfig(), key, value)  # unknown key or wrong type: fail now
         if key in OWN_KEYS:
             raise ConfigError(f"--{key}: compare sets it per run; use {OWN_KEYS[key]}")
-    args.schedules = _names(args.schedules, SCHEDULES, "--schedules")
+    args.schedules = schedule_variants(args.schedules)
     args.normalizations = _names(args.normalizations, NORMALIZATIONS, "--normalizations")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -75,9 +81,46 @@ def _names(text: str, allowed: tuple, flag: str) -> list[str]:
     return names
 
 
-def run_config(base: RunConfig, out: Path, schedule: str, norm: str, seed: int) -> RunConfig:
+def schedule_variants(text: str) -> list[str]:
+    """`--schedules` items: a schedule, optionally with `+key=value` train overrides that
+    apply to that item alone, e.g. `pipelined,pipelined+replay=512,pipelined+max-staleness=2`
+    (how the drift mitigations are weighed against the plain pipeline in one table)."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise ConfigError(f"--schedules: empty; choose from {', '.join(SCHEDULES)}")
+    for item in items:
+        variant_overrides(item)  # fail on any bad item before a run starts
+    if len(set(items)) != len(items):
+        raise ConfigError(f"--schedules: {text!r} names an item twice")
+    return items
+
+
+def variant_overrides(item: str) -> tuple[str, list[tuple[str, str]]]:
+    """'pipelined+replay=512' -> ('pipelined', [('pipeline.replay', '512')])."""
+    from pipeline.cli import parse_overrides
+    schedule, *mods = item.split("+")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"--schedules: {schedule!r} not allowed; choose from "
+                          f"{', '.join(SCHEDULES)} (variants: pipelined+replay=512)")
+    bad = [m for m in mods if not m.partition("=")[1] or not m.partition("=")[2]]
+    if bad:
+        raise ConfigError(f"--schedules: {item!r}: write each variant as +key=value, "
+                          f"e.g. pipelined+replay=512")
+    _, overrides = parse_overrides([f"--{m}" for m in mods])
+    for key, value in overrides:
+        set_value(RunConfig(), key, value)  # unknown key or wrong type: fail now
+        if key in OWN_KEYS:
+            raise ConfigError(f"--schedules: {item!r} sets {key}, which compare sets per "
+                              f"run; use {OWN_KEYS[key]}")
+    return schedule, overrides
+
+
+def run_config(base: RunConfig, out: Path, item: str, norm: str, seed: int) -> RunConfig:
+    schedule, overrides = variant_overrides(item)
     cfg = copy.deepcopy(base)
-    cfg.out = str(out / f"{schedule}-{norm}-s{seed}")
+    for key, value in overrides:
+        set_value(cfg, key, value)
+    cfg.out = str(out / f"{item.replace('=', '')}-{norm}-s{seed}")
     cfg.train.schedule, cfg.model.normalization, cfg.train.seed = schedule, norm, seed
     return validate(cfg)
 
@@ -288,11 +331,11 @@ def write_png(path: Path, rows: list[dict], n_stages: int, schedules: list[str],
         ax2.plot([0], [100 * statistics.mean(r["input_probe"] for r in probed)], "*",
                  color="gray", markersize=12, label="raw input")
         ax2.set_title(f"linear probe per layer ({probed[0]['normalization']})")
+        ax2.legend(fontsize=8)
     else:
         ax2.set_title("linear probes off (--probe-epochs 0)")
     ax2.set_xticks(range(n_stages + 1), ["input"] + [f"layer {k}" for k in range(n_stages)])
     ax2.set_ylabel("probe test accuracy %")
-    ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -54,6 +54,19 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def where_is(pid: int) -> str:
+    """Python stacks of a stuck process and its children, for a failure message (py-spy
+    where installed; otherwise only the process tree)."""
+    import shutil
+    if shutil.which("py-spy"):
+        r = subprocess.run(["py-spy", "dump", "--subprocesses", "--pid", str(pid)],
+                           capture_output=True, text=True, timeout=30)
+        return r.stdout[-6000:] + r.stderr[-1000:]
+    r = subprocess.run(["ps", "-o", "pid,stat,etime,args", "--ppid", str(pid)],
+                       capture_output=True, text=True)
+    return r.stdout
+
+
 def free_port_block(n: int) -> int:
     """A base port with n+1 free ports after it (best effort, on 127.0.0.1)."""
     for _ in range(50):

@@ -2,10 +2,12 @@
 including the pipelined one (which spawns a process per stage)."""
 
 import csv
+import json
 
 import pytest
 
-from pipeline.compare import compare_main, parse_args, run_compare
+from pipeline.compare import compare_main, parse_args, run_compare, variant_overrides
+from pipeline.errors import ConfigError
 
 SCHEDULES = ["lockstep", "sequential", "backprop", "pipelined"]
 NORMS = ["rms", "none"]
@@ -57,3 +59,32 @@ def test_compare_writes_table_csv_plot_and_probes_for_every_run_then_resumes(tmp
     written = summary.stat().st_mtime_ns
     again = run_compare(base, ["lockstep"], ["rms"], [0], out, probe_epochs=1)
     assert again[0]["reused"] is True and summary.stat().st_mtime_ns == written
+
+
+def test_schedule_variants_apply_their_overrides_to_their_own_runs_only(tmp_path):
+    out = tmp_path / "variants"
+    argv = ["--schedules", "lockstep,lockstep+lr=0.002", "--normalizations", "rms",
+            "--out", str(out), "--probe-epochs", "0", *TRAIN_ARGS]
+    assert compare_main(argv) == 0
+    plain = json.loads((out / "lockstep-rms-s0" / "config.json").read_text())
+    variant = json.loads((out / "lockstep+lr0.002-rms-s0" / "config.json").read_text())
+    assert variant["train"]["lr"] == 0.002 != plain["train"]["lr"]
+    rows = {r["schedule"] for r in csv.DictReader(open(out / "compare.csv"))}
+    assert rows == {"lockstep", "lockstep+lr=0.002"}
+
+
+def test_schedule_variants_map_short_flags_and_dotted_keys():
+    assert variant_overrides("pipelined+replay=512+max-staleness=2") == (
+        "pipelined", [("pipeline.replay", "512"), ("pipeline.max_staleness", "2")])
+    assert variant_overrides("lockstep+train.lr=0.01")[1] == [("train.lr", "0.01")]
+
+
+@pytest.mark.parametrize("item, match", [
+    ("pipelined+replay", "write each variant as \\+key=value"),
+    ("pipelined+seed=3", "compare sets per run; use --seeds"),
+    ("fast+replay=2", "'fast' not allowed"),
+    ("pipelined+nosuch=1", "unknown config key"),
+])
+def test_bad_schedule_variant_is_a_one_line_config_error(tmp_path, item, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_args(["--schedules", item, "--out", str(tmp_path)])

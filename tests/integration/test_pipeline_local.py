@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SYNTH, SYNTH_STEPS_PER_EPOCH, read_jsonl, wait_for
+from conftest import SYNTH, SYNTH_STEPS_PER_EPOCH, read_jsonl, wait_for, where_is
 from pipeline.config import from_dict
 from pipeline.datasets import load_dataset
 from pipeline.evaluation import evaluate
@@ -80,7 +81,14 @@ def test_killing_a_stage_makes_the_launcher_name_it_and_exit_nonzero_with_no_orp
     t0 = time.monotonic()
     import os
     os.kill(pid, signal.SIGKILL)
-    _, err = p.communicate(timeout=60)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        stack = where_is(p.pid)
+        p.kill()
+        _, err = p.communicate()
+        pytest.fail(f"launcher still running 60 s after stage 1 was killed\n{stack}\n"
+                    f"stderr tail:\n{err[-3000:]}")
     assert p.returncode not in (0, None)
     assert time.monotonic() - t0 < 30
     last = [line for line in err.splitlines() if line.startswith("ffpipe: error:")]
