@@ -1,10 +1,13 @@
 """Does pipelining pay? Throughput of `pipelined` vs `lockstep` on the same cores.
 
-Three measurements, each repeated and reported as a median, all in one run:
+Four measurements, each repeated and reported as a median, all in one run:
 
     stage alone   the real StageWorker, fed pre-made messages from memory (no transport,
                   no peers), in a spawned process with `threads_per_stage` threads:
                   the most one stage can do. The slowest stage bounds the pipeline.
+    together      every stage-alone worker at once, each in its own process, for the same
+                  seconds (no messages between them): what the cores give K busy stages
+                  at the same time (shared caches, memory bandwidth, the host's scheduler).
     lockstep      every layer in one process with K * threads_per_stage threads (the
                   same total cores), train steps only.
     pipelined     the real local launcher (source, K stages, sink), probes off; the
@@ -12,6 +15,8 @@ Three measurements, each repeated and reported as a median, all in one run:
                   start-up and the final evaluation are not counted.
 
     efficiency = pipelined samples/s / slowest stage-alone samples/s
+    efficiency vs together = pipelined samples/s / slowest stage when all run together
+                 (the part of the loss the runtime, not the hardware, is answerable for)
 
 The drift benchmark runs the stage-alone measurement with probes at the configured
 interval and with probes off, alternating, and reports the overhead.
@@ -31,7 +36,7 @@ import torch.multiprocessing as mp
 from pipeline.config import RunConfig, from_dict, to_dict
 from pipeline.ff import normalize
 from pipeline.layer_trainer import LayerTrainer
-from pipeline.runtime.flow import Flow
+from pipeline.runtime.flow import Flow, Stopped
 from pipeline.transport.memory import MemoryChannel
 from pipeline.wire import Message, ctrl
 
@@ -58,20 +63,71 @@ def stage_messages(cfg: RunConfig, k: int, steps: int, probe_every: int) -> list
     return msgs
 
 
-def _stage_alone(cfg_dict: dict, k: int, steps: int, probe_every: int, out_q) -> None:
+class CyclingChannel(MemoryChannel):
+    """Hands out the same messages round and round: a measurement bounded by time."""
+
+    def recv(self, timeout=None):
+        msg = self.q[0]
+        self.q.rotate(-1)
+        return msg
+
+
+def _warm_worker(cfg_dict: dict, k: int, tmp: str, probe_every: int = 0):
     from pipeline.runtime.stage import StageWorker
     cfg = from_dict(cfg_dict)
+    cfg.out = tmp  # the worker's log and checkpoint: not the user's run folders
     torch.set_num_threads(cfg.pipeline.threads_per_stage)
-    msgs = stage_messages(cfg, k, steps, probe_every)
-    warm = stage_messages(cfg, k, 5, 0)
     cfg.drift.probe_every = probe_every
-    worker = StageWorker(k, cfg, Flow(MemoryChannel(warm), MemoryChannel(), lambda: False))
+    worker = StageWorker(k, cfg, Flow(MemoryChannel(stage_messages(cfg, k, 5, 0)),
+                                      MemoryChannel(), lambda: False))
     worker.run()  # warm-up: first-call costs (allocator, optimizer state) not counted
-    worker.flow = Flow(MemoryChannel(msgs), MemoryChannel(), lambda: False)
     worker.samples = 0
-    t0 = time.perf_counter()
-    worker.run()
-    out_q.put(worker.samples / (time.perf_counter() - t0))
+    return cfg, worker
+
+
+def _stage_alone(cfg_dict: dict, k: int, steps: int, probe_every: int, out_q) -> None:
+    with tempfile.TemporaryDirectory(prefix="ffbench") as tmp:
+        cfg, worker = _warm_worker(cfg_dict, k, tmp, probe_every)
+        worker.flow = Flow(MemoryChannel(stage_messages(cfg, k, steps, probe_every)),
+                           MemoryChannel(), lambda: False)
+        t0 = time.perf_counter()
+        worker.run()
+        out_q.put(worker.samples / (time.perf_counter() - t0))
+
+
+def _stage_together(cfg_dict: dict, k: int, seconds: float, barrier, out_q) -> None:
+    with tempfile.TemporaryDirectory(prefix="ffbench") as tmp:
+        cfg, worker = _warm_worker(cfg_dict, k, tmp)
+        msgs = [m for m in stage_messages(cfg, k, 16, 0) if m.kind == "train"]
+        barrier.wait()  # every stage starts (and stops) at the same moment
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        worker.flow = Flow(CyclingChannel(msgs), MemoryChannel(),
+                           lambda: time.perf_counter() > deadline)
+        try:
+            worker.run()
+        except Stopped:
+            pass
+        out_q.put((k, worker.samples / (time.perf_counter() - t0)))
+
+
+def stages_together_rates(cfg: RunConfig, seconds: float) -> list[float]:
+    """samples/s of every stage when all K run at once, each in its own process, fed from
+    memory (no messages between them): what the cores give K busy stages together."""
+    K = len(cfg.model.layers) - 1
+    ctx = mp.get_context("spawn")
+    q, barrier = ctx.Queue(), ctx.Barrier(K)
+    procs = [ctx.Process(target=_stage_together, args=(to_dict(cfg), k, seconds, barrier, q))
+             for k in range(K)]
+    for p in procs:
+        p.start()
+    try:
+        return [rate for _, rate in sorted(q.get(timeout=600) for _ in range(K))]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
 
 
 def in_child(target, *args) -> float:
@@ -131,27 +187,37 @@ def run_pipeline_bench(cfg: RunConfig, ds, steps: int, reps: int = 3,
     K = len(cfg.model.layers) - 1
     tps = cfg.pipeline.threads_per_stage
     cfg.train.epochs = max(1, round(steps * cfg.train.batch_size / len(ds.x_train)))
-    rates = {"lockstep": [], "pipelined": [], **{f"stage{k}": [] for k in range(K)}}
+    rates = {"lockstep": [], "pipelined": [], **{f"stage{k}": [] for k in range(K)},
+             **{f"stage{k}_together": [] for k in range(K)}}
     print(f"pipeline bench: {K} stages x {tps} thread(s), batch {cfg.train.batch_size}, "
           f"layers {cfg.model.layers}, {reps} reps", file=stream, flush=True)
     with tempfile.TemporaryDirectory(prefix="ffbench") as tmp:
         for rep in range(reps):
             for k in range(K):
                 rates[f"stage{k}"].append(stage_alone_rate(cfg, k, steps))
+            seconds = steps * cfg.train.batch_size / min(rates[f"stage{k}"][-1]
+                                                         for k in range(K))
+            for k, rate in enumerate(stages_together_rates(cfg, seconds)):
+                rates[f"stage{k}_together"].append(rate)
             rates["lockstep"].append(lockstep_rate(cfg, steps, K * tps))
             rates["pipelined"].append(pipelined_rate(cfg, ds, f"{tmp}/run{rep}"))
             print(f"  rep {rep + 1}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in rates.items())
                   + " samples/s", file=stream, flush=True)
     med = {n: statistics.median(v) for n, v in rates.items()}
     slowest = min(med[f"stage{k}"] for k in range(K))
+    together = min(med[f"stage{k}_together"] for k in range(K))
     result = {**{f"{n}_samples_per_s": v for n, v in med.items()},
               "slowest_stage_samples_per_s": slowest,
               "efficiency": med["pipelined"] / slowest,
+              "efficiency_vs_together": med["pipelined"] / together,
               "pipelined_over_lockstep": med["pipelined"] / med["lockstep"]}
     print("median samples/s: " + ", ".join(f"{n} {v:.0f}" for n, v in med.items()),
           file=stream)
     print(f"pipeline efficiency (pipelined / slowest stage alone): {result['efficiency']:.3f}",
           file=stream)
+    print(f"stages sharing the cores (all stages busy at once, no messages): slowest "
+          f"{together:.0f} samples/s, {together / slowest:.3f} of alone; pipelined / that: "
+          f"{result['efficiency_vs_together']:.3f}", file=stream)
     print(f"pipelined / lockstep on {K * tps} cores: {result['pipelined_over_lockstep']:.3f}",
           file=stream, flush=True)
     return result
