@@ -21,7 +21,6 @@ import signal
 import socket
 from pathlib import Path
 
-
 from pipeline.config import SHORT_FLAGS, RunConfig, load_config, to_dict
 from pipeline.errors import ConfigError
 from pipeline.runlog import write_json_atomic

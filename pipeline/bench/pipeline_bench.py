@@ -115,14 +115,21 @@ def stages_together_rates(cfg: RunConfig, seconds: float) -> list[float]:
     """samples/s of every stage when all K run at once, each in its own process, fed from
     memory (no messages between them): what the cores give K busy stages together."""
     K = len(cfg.model.layers) - 1
+    barrier = mp.get_context("spawn").Barrier(K)
+    got = in_children(_stage_together, [(to_dict(cfg), k, seconds, barrier) for k in range(K)])
+    return [rate for _, rate in sorted(got)]
+
+
+def in_children(target, arg_lists: list[tuple]) -> list:
+    """Run `target(*args, out_queue)` for every args at once, each in a fresh spawned
+    process; return what they put, in the order it arrived."""
     ctx = mp.get_context("spawn")
-    q, barrier = ctx.Queue(), ctx.Barrier(K)
-    procs = [ctx.Process(target=_stage_together, args=(to_dict(cfg), k, seconds, barrier, q))
-             for k in range(K)]
+    q = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, q)) for args in arg_lists]
     for p in procs:
         p.start()
     try:
-        return [rate for _, rate in sorted(q.get(timeout=600) for _ in range(K))]
+        return [q.get(timeout=600) for _ in procs]
     finally:
         for p in procs:
             p.join(10)
@@ -130,18 +137,9 @@ def stages_together_rates(cfg: RunConfig, seconds: float) -> list[float]:
                 p.kill()
 
 
-def in_child(target, *args) -> float:
+def in_child(target, *args):
     """Run `target(*args, out_queue)` in a fresh spawned process; return what it puts."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=target, args=(*args, q))
-    p.start()
-    try:
-        return q.get(timeout=600)
-    finally:
-        p.join(10)
-        if p.is_alive():
-            p.kill()
+    return in_children(target, [args])[0]
 
 
 def stage_alone_rate(cfg: RunConfig, k: int, steps: int, probe_every: int = 0) -> float:
