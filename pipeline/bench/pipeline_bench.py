@@ -18,6 +18,11 @@ Four measurements, each repeated and reported as a median, all in one run:
     efficiency vs together = pipelined samples/s / slowest stage when all run together
                  (the part of the loss the runtime, not the hardware, is answerable for)
 
+Every ratio is taken within one repetition (numbers measured close together in time) and
+the median over repetitions is reported: this VM's speed drifts by 10-20 % over minutes,
+which a ratio of medians taken from different minutes would mix into the result. Odd
+repetitions run the measurements in reverse order.
+
 The drift benchmark runs the stage-alone measurement with probes at the configured
 interval and with probes off, alternating, and reports the overhead.
 """
@@ -180,44 +185,74 @@ def pipelined_rate(cfg: RunConfig, ds, out_dir: str) -> float:
     return summary["steady_samples_per_second"]
 
 
+RATIOS = ("efficiency", "efficiency_vs_together", "together_over_alone",
+          "pipelined_over_lockstep")
+
+
+def _measure_rep(cfg: RunConfig, ds, steps: int, out_dir: str, reverse: bool) -> dict:
+    """One repetition of every measurement; odd reps run them in reverse order, so a
+    machine that speeds up or slows down during the run favours neither side."""
+    K = len(cfg.model.layers) - 1
+    got: dict[str, float] = {}
+
+    def alone():
+        for k in range(K):
+            got[f"stage{k}"] = stage_alone_rate(cfg, k, steps)
+
+    def together():
+        seconds = steps * cfg.train.batch_size / min(got[f"stage{k}"] for k in range(K))
+        for k, rate in enumerate(stages_together_rates(cfg, seconds)):
+            got[f"stage{k}_together"] = rate
+
+    def lockstep():
+        got["lockstep"] = lockstep_rate(cfg, steps, K * cfg.pipeline.threads_per_stage)
+
+    def pipelined():
+        got["pipelined"] = pipelined_rate(cfg, ds, out_dir)
+
+    order = [alone, together, lockstep, pipelined]  # together needs alone's rates first
+    for step in ([alone, pipelined, lockstep, together] if reverse else order):
+        step()
+    return got
+
+
 def run_pipeline_bench(cfg: RunConfig, ds, steps: int, reps: int = 3,
                        stream=sys.stdout) -> dict:
     K = len(cfg.model.layers) - 1
     tps = cfg.pipeline.threads_per_stage
     cfg.train.epochs = max(1, round(steps * cfg.train.batch_size / len(ds.x_train)))
-    rates = {"lockstep": [], "pipelined": [], **{f"stage{k}": [] for k in range(K)},
-             **{f"stage{k}_together": [] for k in range(K)}}
     print(f"pipeline bench: {K} stages x {tps} thread(s), batch {cfg.train.batch_size}, "
           f"layers {cfg.model.layers}, {reps} reps", file=stream, flush=True)
+    per_rep = []
     with tempfile.TemporaryDirectory(prefix="ffbench") as tmp:
         for rep in range(reps):
-            for k in range(K):
-                rates[f"stage{k}"].append(stage_alone_rate(cfg, k, steps))
-            seconds = steps * cfg.train.batch_size / min(rates[f"stage{k}"][-1]
-                                                         for k in range(K))
-            for k, rate in enumerate(stages_together_rates(cfg, seconds)):
-                rates[f"stage{k}_together"].append(rate)
-            rates["lockstep"].append(lockstep_rate(cfg, steps, K * tps))
-            rates["pipelined"].append(pipelined_rate(cfg, ds, f"{tmp}/run{rep}"))
-            print(f"  rep {rep + 1}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in rates.items())
-                  + " samples/s", file=stream, flush=True)
-    med = {n: statistics.median(v) for n, v in rates.items()}
-    slowest = min(med[f"stage{k}"] for k in range(K))
-    together = min(med[f"stage{k}_together"] for k in range(K))
-    result = {**{f"{n}_samples_per_s": v for n, v in med.items()},
-              "slowest_stage_samples_per_s": slowest,
-              "efficiency": med["pipelined"] / slowest,
-              "efficiency_vs_together": med["pipelined"] / together,
-              "pipelined_over_lockstep": med["pipelined"] / med["lockstep"]}
-    print("median samples/s: " + ", ".join(f"{n} {v:.0f}" for n, v in med.items()),
+            got = _measure_rep(cfg, ds, steps, f"{tmp}/run{rep}", reverse=rep % 2 == 1)
+            slowest = min(got[f"stage{k}"] for k in range(K))
+            together = min(got[f"stage{k}_together"] for k in range(K))
+            got.update(efficiency=got["pipelined"] / slowest,
+                       efficiency_vs_together=got["pipelined"] / together,
+                       together_over_alone=together / slowest,
+                       pipelined_over_lockstep=got["pipelined"] / got["lockstep"])
+            per_rep.append(got)
+            print(f"  rep {rep + 1}: " + ", ".join(
+                f"{n} {v:.3f}" if n in RATIOS else f"{n} {v:.0f}" for n, v in got.items()),
+                file=stream, flush=True)
+    med = {n: statistics.median(r[n] for r in per_rep) for n in per_rep[0]}
+    rates = {n: v for n, v in med.items() if n not in RATIOS}
+    result = {**{f"{n}_samples_per_s": v for n, v in rates.items()},
+              **{n: med[n] for n in RATIOS},
+              "slowest_stage_samples_per_s": min(med[f"stage{k}"] for k in range(K))}
+    print("median samples/s: " + ", ".join(f"{n} {v:.0f}" for n, v in rates.items()),
           file=stream)
-    print(f"pipeline efficiency (pipelined / slowest stage alone): {result['efficiency']:.3f}",
-          file=stream)
-    print(f"stages sharing the cores (all stages busy at once, no messages): slowest "
-          f"{together:.0f} samples/s, {together / slowest:.3f} of alone; pipelined / that: "
+    print("medians of the per-rep ratios (each rep's numbers were measured minutes apart "
+          "at most):", file=stream)
+    print(f"  pipeline efficiency (pipelined / slowest stage alone): "
+          f"{result['efficiency']:.3f}", file=stream)
+    print(f"  all stages busy at once, no messages (slowest / its alone rate): "
+          f"{result['together_over_alone']:.3f}; pipelined / that: "
           f"{result['efficiency_vs_together']:.3f}", file=stream)
-    print(f"pipelined / lockstep on {K * tps} cores: {result['pipelined_over_lockstep']:.3f}",
-          file=stream, flush=True)
+    print(f"  pipelined / lockstep on {K * tps} cores: "
+          f"{result['pipelined_over_lockstep']:.3f}", file=stream, flush=True)
     return result
 
 

@@ -9,7 +9,7 @@ in this process during the same run, is the baseline: a hop cannot beat one copy
 
     transport   one hop
     memcpy      np.copyto, no hop (the baseline)
-    local       ShmChannel: shared-memory slots, one memcpy in, one out
+    local       ShmChannel: shared-memory ring, one memcpy in, one out
     zmq-tcp     ZmqChannel over tcp://127.0.0.1 (zero-copy send, kernel loopback)
     zmq-ipc     ZmqChannel over ipc:// (unix socket)
     dist-gloo   DistChannel, gloo over 127.0.0.1
@@ -97,7 +97,7 @@ def _sender_main(transport, spec, sizes, seconds, max_bytes, ready):
                 ch.send(ctrl("epoch", size=size, rep=rep))
         ch.send(ctrl("stop"))
     finally:
-        _close(transport, ch, "send")
+        _close(transport, ch)
 
 
 def _receiver_main(transport, spec, max_bytes, results, ready):
@@ -123,18 +123,13 @@ def _receiver_main(transport, spec, max_bytes, results, ready):
                 else:
                     nbytes += msg.nbytes()
         finally:
-            _close(transport, ch, "recv")
+            _close(transport, ch)
         results.put(("ok", rates))
     except BaseException:
         results.put(("error", traceback.format_exc(limit=4)))
 
 
-def _close(transport, ch, role):
-    if transport == "local" and role == "send":
-        # ShmChannel.close() cancels the queue's feeder thread, which drops whatever this
-        # process has not yet written to the pipe (here: the final markers). Flush first.
-        ch.full.close()
-        ch.full.join_thread()
+def _close(transport, ch):
     ch.close()
     if transport == "dist-gloo":
         import torch.distributed as dist

@@ -1,29 +1,79 @@
-"""`local` transport: processes on one machine, tensors through a shared-memory ring.
+"""`local` transport: processes on one machine, messages through a shared-memory ring.
 
-The parent allocates, per hop, `slots` fixed-size buffers in shared memory before it
-spawns the children. A sender takes a free slot (blocking when all are in flight: that is
-the backpressure), copies each tensor's bytes into it and queues `(slot, header)`; the
-receiver decodes the header with the same codec as the network transports, copies the
-tensors out and hands the slot back. One memcpy each way, no pickling of tensors, no
-page faults after warm-up. A message larger than a slot (not expected with the sizes the
-launcher computes) goes through the queue as plain bytes instead, and is counted.
+Every hop has one sender and one receiver. The parent allocates, per hop, `slots`
+fixed-size slots in shared memory and two counting semaphores before it spawns the
+children. The sender waits on `free` (all slots in flight: that is the backpressure),
+writes the next slot in ring order, and posts `full`; the receiver waits on `full`,
+decodes the next slot with the same codec as the network transports, copies the tensors
+out and posts `free`. One memcpy each way, no pickling, no queue feeder threads: a hand-off
+is one futex wake when the other side is asleep, and nothing when it is not.
+
+A slot holds a small fixed prefix, the msgpack header and the tensor bytes:
+
+    u64 header length (or OVERSIZE) | u64 buffer count | u64 size per buffer | header | buffers
+
+A message larger than a slot (not expected with the sizes the launcher computes) is laid
+out the same way in a private buffer and sent as raw bytes through a side pipe; its slot
+carries only the OVERSIZE mark, so the order holds. Nothing is pickled. The receiver
+checks every length against the slot (or body) before it trusts any of them.
 """
 
 from __future__ import annotations
-
-import queue as queue_mod
 
 import numpy as np
 import torch
 
 from pipeline.transport import Channel
-from pipeline.wire import WireError, decode, encode, Message
+from pipeline.wire import HEADER_CAP, MAX_TENSORS, WireError, decode, encode, Message
 
 ALIGN = 64
+OVERSIZE = (1 << 64) - 1
+SIDE_WAIT_S = 10.0  # how long a receiver waits for an oversize body its slot announced
 
 
 def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _layout(header_len: int, sizes: list[int]) -> tuple[int, list[int], int]:
+    """(header offset, buffer offsets, bytes used) of a slot holding this message."""
+    off = _aligned(16 + 8 * len(sizes))
+    header_at = off
+    off += _aligned(header_len)
+    offsets = []
+    for n in sizes:
+        offsets.append(off)
+        off += _aligned(n)
+    return header_at, offsets, off
+
+
+def _pack(area: np.ndarray, header: bytes, buffers: list, sizes: list[int]) -> None:
+    header_at, offsets, _ = _layout(len(header), sizes)
+    prefix = area[: 16 + 8 * len(sizes)].view(np.uint64)
+    prefix[:2] = (len(header), len(sizes))
+    prefix[2:] = sizes
+    area[header_at: header_at + len(header)] = np.frombuffer(header, np.uint8)
+    for b, n, at in zip(buffers, sizes, offsets):
+        if n:
+            np.copyto(area[at: at + n], np.frombuffer(b, np.uint8))
+
+
+def _unpack(area: np.ndarray) -> list[np.ndarray]:
+    """[header, buffer, ...] as views of `area`; every length is checked against it first."""
+    room = len(area)
+    if room < 16:
+        raise WireError("slot too short for its prefix")
+    header_len, count = (int(v) for v in area[:16].view(np.uint64))
+    if count > MAX_TENSORS or 16 + 8 * count > room:
+        raise WireError(f"slot announces {count} buffers")
+    sizes = [int(n) for n in area[16: 16 + 8 * count].view(np.uint64)]
+    if header_len > room or any(n > room for n in sizes):
+        raise WireError("slot lengths exceed the slot")
+    header_at, offsets, used = _layout(header_len, sizes)
+    if used > room:
+        raise WireError("slot lengths exceed the slot")
+    return [area[header_at: header_at + header_len]] + [area[at: at + n]
+                                                        for n, at in zip(sizes, offsets)]
 
 
 class ShmChannel(Channel):
@@ -31,26 +81,30 @@ class ShmChannel(Channel):
 
     def __init__(self, ctx, slots: int, slot_bytes: int, max_bytes: int):
         super().__init__()
-        self.slot_bytes = _aligned(slot_bytes)
+        self.slot_bytes = _aligned(slot_bytes + 4096)  # room for the prefix and header
         self.slots = slots
         self.max_bytes = max_bytes
         self.buf = torch.empty(slots * self.slot_bytes, dtype=torch.uint8).share_memory_()
+        self.free = ctx.Semaphore(slots)
+        self.full = ctx.Semaphore(0)
+        self.side_r, self.side_w = ctx.Pipe(duplex=False)  # oversize bodies, raw bytes
+        self._init_local()
+
+    def _init_local(self) -> None:
         self._np = None
-        self.full = ctx.Queue()
-        self.free = ctx.Queue()
-        for i in range(slots):
-            self.free.put(i)
+        self._w = self._r = 0  # next slot to write (sender) / read (receiver), ring order
         self.oversize = 0
 
     def __getstate__(self):
-        return {k: getattr(self, k) for k in ("slot_bytes", "slots", "max_bytes", "buf", "full", "free")}
+        return {k: getattr(self, k)
+                for k in ("slot_bytes", "slots", "max_bytes", "buf", "free", "full", "side_r",
+                          "side_w")}
 
     def __setstate__(self, state):
         Channel.__init__(self)
         for k, v in state.items():
             setattr(self, k, v)
-        self.oversize = 0
-        self._np = None
+        self._init_local()
 
     @property
     def arena(self) -> np.ndarray:
@@ -59,79 +113,72 @@ class ShmChannel(Channel):
             self._np = self.buf.numpy()
         return self._np
 
+    # ---- sender ----------------------------------------------------------------------
     def send(self, msg: Message, timeout: float | None = None) -> bool:
         frames = encode(self.stamp(msg))
-        header, buffers = frames[0], frames[1:]
-        try:
-            slot = self.free.get(timeout=timeout)
-        except queue_mod.Empty:
+        if not self.free.acquire(True, timeout):
             self._next_seq -= 1
             self.sent -= 1
             return False
-        sizes = [len(b) for b in buffers]
-        if sum(_aligned(n) for n in sizes) > self.slot_bytes:
-            self.oversize += 1
-            self.full.put((slot, header, [bytes(b) for b in buffers]))
-            return True
-        base, off = slot * self.slot_bytes, 0
-        for b, n in zip(buffers, sizes):
-            if n:
-                np.copyto(self.arena[base + off: base + off + n], np.frombuffer(b, np.uint8))
-            off += _aligned(n)
-        self.full.put((slot, header, sizes))
+        self.write_slot(frames[0], frames[1:])
         return True
 
+    def write_slot(self, header: bytes, buffers: list) -> None:
+        """Fill the next slot (the caller holds a `free` count) and post it."""
+        base = self._w % self.slots * self.slot_bytes
+        self._w += 1
+        sizes = [memoryview(b).nbytes for b in buffers]
+        used = _layout(len(header), sizes)[2]
+        if used <= self.slot_bytes:
+            _pack(self.arena[base: base + self.slot_bytes], header, buffers, sizes)
+            self.full.release()
+            return
+        self.oversize += 1
+        body = np.empty(used, np.uint8)
+        _pack(body, header, buffers, sizes)
+        self.arena[base: base + 16].view(np.uint64)[:] = (OVERSIZE, 0)
+        self.full.release()  # first: the receiver must be reading while the pipe fills
+        self.side_w.send_bytes(body)
+
+    # ---- receiver --------------------------------------------------------------------
     def recv(self, timeout: float | None = None) -> Message | None:
         while True:
-            try:
-                item = self.full.get(timeout=timeout)
-            except queue_mod.Empty:
+            if not self.full.acquire(True, timeout):
                 return None
-            slot = item[0] if isinstance(item, tuple) and item else None
-            valid_slot = isinstance(slot, int) and 0 <= slot < self.slots
+            base = self._r % self.slots * self.slot_bytes
+            self._r += 1
             try:
-                msg = self._decode_item(item, valid_slot)
+                slot = self.arena[base: base + self.slot_bytes]
+                if int(slot[:8].view(np.uint64)[0]) == OVERSIZE:
+                    msg = self._decode(self._read_side())
+                else:
+                    msg = self._decode(slot)
             except WireError as exc:
                 self.reject(str(exc))
                 continue
             finally:
-                if valid_slot:  # never hand back a slot number we did not give out
-                    self.free.put(slot)
+                self.free.release()  # copied out (or refused): the slot is the sender's again
             return self.account(msg)
 
-    def _decode_item(self, item, valid_slot: bool) -> Message:
-        """Check the queue item's shape before trusting any of it."""
-        if not (isinstance(item, tuple) and len(item) == 3 and valid_slot):
-            raise WireError("malformed queue item")
-        slot, header, sizes = item
-        if not isinstance(header, (bytes, bytearray)) or not isinstance(sizes, list):
-            raise WireError("malformed queue item")
-        if sizes and all(isinstance(b, (bytes, bytearray)) for b in sizes):
-            return decode([header] + [bytearray(b) for b in sizes], self.max_bytes)  # oversize
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes):
-            raise WireError("buffer sizes must be non-negative ints")
-        return self._decode_slot(slot, header, sizes)
+    def _decode(self, area: np.ndarray) -> Message:
+        # Copy out: the slot is reused as soon as it is handed back.
+        return decode([bytes(f) if i == 0 else f.copy().data
+                       for i, f in enumerate(_unpack(area))], self.max_bytes)
 
-    def _decode_slot(self, slot: int, header: bytes, sizes: list[int]) -> Message:
-        base, off, frames = slot * self.slot_bytes, 0, [header]
-        if sum(_aligned(n) for n in sizes) > self.slot_bytes:
-            raise WireError("buffer sizes exceed the slot")
-        for n in sizes:
-            # Copy out: the slot is reused as soon as it is handed back.
-            frames.append(self.arena[base + off: base + off + n].copy().data)
-            off += _aligned(n)
-        return decode(frames, self.max_bytes)
+    def _read_side(self) -> np.ndarray:
+        limit = self.max_bytes + HEADER_CAP + self.slot_bytes
+        try:
+            if not self.side_r.poll(SIDE_WAIT_S):
+                raise WireError("oversize message announced but its body never came")
+            return np.frombuffer(self.side_r.recv_bytes(limit), np.uint8)
+        except (OSError, EOFError) as exc:
+            raise WireError(f"oversize body unreadable: {exc}") from None
 
     def depth(self) -> int:
         try:
-            return self.full.qsize()
+            return self.full.get_value()
         except NotImplementedError:  # macOS
             return -1
 
     def close(self) -> None:
-        # Flush, don't cancel: a last "stop" queued by this process must reach the pipe.
-        # Both queues hold at most `slots` small items, so the flush cannot block on a
-        # full pipe even when the peer is gone.
-        for q in (self.full, self.free):
-            q.close()
-            q.join_thread()
+        pass  # nothing buffered: every write completed before send returned

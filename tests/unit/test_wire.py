@@ -315,13 +315,9 @@ def channel():
         ch.close()
 
 
-def drain_free(ch) -> list:
-    out = []
-    while True:
-        try:
-            out.append(ch.free.get(timeout=0.2))
-        except Exception:  # queue.Empty
-            return out
+def slots_all_free(ch) -> bool:
+    """No slot leaked or handed back twice: the free count is back to the ring size."""
+    return ch.free.get_value() == ch.slots and ch.full.get_value() == 0
 
 
 def test_shm_round_trip_in_one_process(channel):
@@ -336,6 +332,21 @@ def test_shm_round_trip_in_one_process(channel):
         assert (got.versions, got.meta) == ([i, 2 * i], {"i": i})
         assert same_bits(got.tensors["x"], x) and got.tensors["y"].tolist() == [3, 1, 4, 1]
     assert (ch.sent, ch.received, ch.rejected, ch.gaps, ch.oversize) == (5, 5, 0, 0, 0)
+    assert slots_all_free(ch)
+
+
+def test_shm_keeps_order_when_the_ring_wraps(channel):
+    ch = channel(slots=3)
+    for i in range(3):
+        assert ch.send(Message(kind="train", meta={"i": i}, tensors={"x": torch.full((2,), i)}),
+                       timeout=5)
+    assert ch.depth() == 3
+    for i in range(3, 8):  # one out, one in: every slot position is reused
+        assert ch.recv(timeout=5).meta == {"i": i - 3}
+        assert ch.send(Message(kind="train", meta={"i": i}, tensors={"x": torch.full((2,), i)}),
+                       timeout=5)
+    assert [ch.recv(timeout=5).tensors["x"][0].item() for _ in range(3)] == [5, 6, 7]
+    assert slots_all_free(ch)
 
 
 def test_shm_received_tensor_does_not_alias_the_slot(channel):
@@ -347,14 +358,16 @@ def test_shm_received_tensor_does_not_alias_the_slot(channel):
     assert first.tensors["x"].tolist() == [1.0] * 4  # slot reuse did not overwrite it
 
 
-def test_shm_message_larger_than_a_slot_takes_the_oversize_path(channel):
+def test_shm_message_larger_than_a_slot_takes_the_oversize_path_in_order(channel):
     ch = channel(slots=2, slot_bytes=256)
-    big = random_bits(torch.float32, [32, 32])  # 4096 bytes > 256
+    big = random_bits(torch.float32, [64, 64])  # 16 KiB > slot
+    assert ch.send(Message(kind="train", meta={"i": 0}, tensors={"x": torch.ones(2)}), timeout=5)
     assert ch.send(Message(kind="eval", versions=[7], tensors={"big": big}), timeout=5)
+    assert ch.recv(timeout=5).meta == {"i": 0}
     got = ch.recv(timeout=5)
     assert ch.oversize == 1
     assert same_bits(got.tensors["big"], big) and got.versions == [7]
-    assert sorted(drain_free(ch)) == [0, 1]  # its slot came back
+    assert slots_all_free(ch)
 
 
 def test_shm_send_times_out_when_every_slot_is_in_flight(channel):
@@ -364,39 +377,48 @@ def test_shm_send_times_out_when_every_slot_is_in_flight(channel):
     assert ch.sent == 1
     assert ch.recv(timeout=5).seq == 0
     assert ch.recv(timeout=0.2) is None
+    assert ch.recv(timeout=0) is None
 
 
-@pytest.mark.parametrize("hostile", [
-    lambda slot: (slot, b"\xc1junk", [4]),                              # not msgpack
-    lambda slot: (slot, msgpack.packb({"v": 99, "kind": "train"}), []),  # wrong version
-    lambda slot: (slot, b"\x80", [10 ** 9]),                            # sizes > slot
-    lambda slot: (slot, frames_with(tensors=[{"name": "x", "dtype": "uint8",
-                                               "shape": [2 ** 40]}])[0], [8]),  # cap
-    lambda slot: (slot, good_parts_header(), [bytes(5)]),               # oversize, wrong len
-])
-def test_shm_hostile_header_is_rejected_counted_and_next_message_arrives(channel, hostile):
-    ch = channel(slots=2)
-    slot = ch.free.get(timeout=5)  # as a (misbehaving) sender would
-    ch.full.put(hostile(slot))
-    ch.send(Message(kind="train", versions=[1], tensors={"x": torch.arange(3.0)}), timeout=5)
-    got = ch.recv(timeout=5)
-    assert got is not None and got.tensors["x"].tolist() == [0.0, 1.0, 2.0]
-    assert ch.rejected == 1 and ch.received == 1
-    assert sorted(drain_free(ch)) == [0, 1]  # no slot leaked or duplicated
+def post_raw(ch, header_len: int, sizes: list[int], header: bytes = b"", count=None):
+    """Write a slot by hand, as a misbehaving sender would: any prefix, any header."""
+    assert ch.free.acquire(True, 5)
+    slot = ch.arena[(ch._w % ch.slots) * ch.slot_bytes:][:ch.slot_bytes]
+    ch._w += 1
+    prefix = slot[:16 + 8 * len(sizes)].view("uint64")
+    prefix[:2] = (header_len, len(sizes) if count is None else count)
+    prefix[2:] = sizes
+    at = (16 + 8 * len(sizes) + 63) // 64 * 64
+    slot[at: at + len(header)] = list(header)
+    ch.full.release()
 
 
 def good_parts_header() -> bytes:
     return msgpack.packb(good_parts()[0])
 
 
-@pytest.mark.parametrize("item", [(999, b"\xc1", [4]), (-1, b"\xc1", [4]), "garbage",
-                                  (0, b"\xc1", ["a"])])
-def test_shm_malformed_queue_item_is_rejected_without_corrupting_free_slots(channel, item):
+def cap_header() -> bytes:
+    return frames_with(tensors=[{"name": "x", "dtype": "uint8", "shape": [2 ** 40]}])[0]
+
+
+@pytest.mark.parametrize("hostile", [
+    lambda ch: post_raw(ch, 5, [4], b"\xc1junk"),                                 # not msgpack
+    lambda ch: post_raw(ch, 20, [], msgpack.packb({"v": 99, "kind": "train"})),   # version
+    lambda ch: post_raw(ch, 1, [10 ** 9], b"\x80"),                              # sizes > slot
+    lambda ch: post_raw(ch, 2 ** 40, [4]),                                       # header > slot
+    lambda ch: post_raw(ch, 1, [4], b"\x80", count=2 ** 60),                     # count
+    lambda ch: post_raw(ch, len(cap_header()), [8], cap_header()),              # cap
+    lambda ch: post_raw(ch, len(good_parts_header()), [5], good_parts_header()),  # wrong len
+    lambda ch: (post_raw(ch, (1 << 64) - 1, []), ch.side_w.send_bytes(b"garbage")),  # body
+    lambda ch: post_raw(ch, (1 << 64) - 1, []),                           # body never comes
+])
+def test_shm_hostile_slot_is_rejected_counted_and_next_message_arrives(channel, hostile,
+                                                                        monkeypatch):
+    monkeypatch.setattr("pipeline.transport.local.SIDE_WAIT_S", 0.2)
     ch = channel(slots=2)
-    if isinstance(item, tuple) and item[0] == 0:
-        ch.free.get(timeout=5)  # slot 0 is legitimately in flight
-    ch.full.put(item)
-    ch.send(Message(kind="train", tensors={"x": torch.arange(3.0)}), timeout=5)
+    hostile(ch)
+    ch.send(Message(kind="train", versions=[1], tensors={"x": torch.arange(3.0)}), timeout=5)
     got = ch.recv(timeout=5)
-    assert got is not None and ch.rejected == 1
-    assert sorted(drain_free(ch)) == [0, 1]
+    assert got is not None and got.tensors["x"].tolist() == [0.0, 1.0, 2.0]
+    assert ch.rejected == 1 and ch.received == 1
+    assert slots_all_free(ch)
