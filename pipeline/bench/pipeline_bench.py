@@ -190,8 +190,8 @@ RATIOS = ("efficiency", "efficiency_vs_together", "together_over_alone",
 
 
 def _measure_rep(cfg: RunConfig, ds, steps: int, out_dir: str, reverse: bool) -> dict:
-    """One repetition of every measurement; odd reps run them in reverse order, so a
-    machine that speeds up or slows down during the run favours neither side."""
+    """One repetition of every measurement; `reverse` runs all but the first in reverse
+    order, so a machine that speeds up or slows down during the run favours neither side."""
     K = len(cfg.model.layers) - 1
     got: dict[str, float] = {}
 
@@ -210,8 +210,9 @@ def _measure_rep(cfg: RunConfig, ds, steps: int, out_dir: str, reverse: bool) ->
     def pipelined():
         got["pipelined"] = pipelined_rate(cfg, ds, out_dir)
 
-    order = [alone, together, lockstep, pipelined]  # together needs alone's rates first
-    for step in ([alone, pipelined, lockstep, together] if reverse else order):
+    # alone always comes first: together runs for as long as the slowest stage took alone
+    rest = [together, lockstep, pipelined]
+    for step in [alone] + (rest[::-1] if reverse else rest):
         step()
     return got
 

@@ -6,7 +6,8 @@ children. The sender waits on `free` (all slots in flight: that is the backpress
 writes the next slot in ring order, and posts `full`; the receiver waits on `full`,
 decodes the next slot with the same codec as the network transports, copies the tensors
 out and posts `free`. One memcpy each way, no pickling, no queue feeder threads: a hand-off
-is one futex wake when the other side is asleep, and nothing when it is not.
+is one futex wake when the other side is asleep, and nothing when it is not. Nothing is
+buffered in the process, so `close` has nothing to flush.
 
 A slot holds a small fixed prefix, the msgpack header and the tensor bytes:
 
@@ -47,8 +48,9 @@ def _layout(header_len: int, sizes: list[int]) -> tuple[int, list[int], int]:
     return header_at, offsets, off
 
 
-def _pack(area: np.ndarray, header: bytes, buffers: list, sizes: list[int]) -> None:
-    header_at, offsets, _ = _layout(len(header), sizes)
+def _pack(area: np.ndarray, header: bytes, buffers: list, sizes: list[int],
+          header_at: int, offsets: list[int]) -> None:
+    """Write one message into `area` at the offsets `_layout` gave for it."""
     prefix = area[: 16 + 8 * len(sizes)].view(np.uint64)
     prefix[:2] = (len(header), len(sizes))
     prefix[2:] = sizes
@@ -128,14 +130,15 @@ class ShmChannel(Channel):
         base = self._w % self.slots * self.slot_bytes
         self._w += 1
         sizes = [memoryview(b).nbytes for b in buffers]
-        used = _layout(len(header), sizes)[2]
+        header_at, offsets, used = _layout(len(header), sizes)
         if used <= self.slot_bytes:
-            _pack(self.arena[base: base + self.slot_bytes], header, buffers, sizes)
+            _pack(self.arena[base: base + self.slot_bytes], header, buffers, sizes,
+                  header_at, offsets)
             self.full.release()
             return
         self.oversize += 1
         body = np.empty(used, np.uint8)
-        _pack(body, header, buffers, sizes)
+        _pack(body, header, buffers, sizes, header_at, offsets)
         self.arena[base: base + 16].view(np.uint64)[:] = (OVERSIZE, 0)
         self.full.release()  # first: the receiver must be reading while the pipe fills
         self.side_w.send_bytes(body)
@@ -161,9 +164,9 @@ class ShmChannel(Channel):
             return self.account(msg)
 
     def _decode(self, area: np.ndarray) -> Message:
+        header, *buffers = _unpack(area)
         # Copy out: the slot is reused as soon as it is handed back.
-        return decode([bytes(f) if i == 0 else f.copy().data
-                       for i, f in enumerate(_unpack(area))], self.max_bytes)
+        return decode([header.tobytes()] + [b.copy().data for b in buffers], self.max_bytes)
 
     def _read_side(self) -> np.ndarray:
         limit = self.max_bytes + HEADER_CAP + self.slot_bytes
@@ -179,6 +182,3 @@ class ShmChannel(Channel):
             return self.full.get_value()
         except NotImplementedError:  # macOS
             return -1
-
-    def close(self) -> None:
-        pass  # nothing buffered: every write completed before send returned

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pipeline.wire as wire
-from pipeline.transport.local import ShmChannel
+from pipeline.transport.local import ShmChannel, _layout
 from pipeline.wire import Message, WireError, ctrl, decode, encode
 
 pytestmark = pytest.mark.timeout(30)
@@ -388,7 +388,7 @@ def post_raw(ch, header_len: int, sizes: list[int], header: bytes = b"", count=N
     prefix = slot[:16 + 8 * len(sizes)].view("uint64")
     prefix[:2] = (header_len, len(sizes) if count is None else count)
     prefix[2:] = sizes
-    at = (16 + 8 * len(sizes) + 63) // 64 * 64
+    at = _layout(0, sizes)[0]  # where the header starts does not depend on its length
     slot[at: at + len(header)] = list(header)
     ch.full.release()
 
