@@ -110,6 +110,13 @@ def load_synthetic(cfg: DataConfig, num_classes: int = 10, dim: int = 64,
                    num_classes)
 
 
+def idx_name_variants(name: str) -> list[str]:
+    """The spellings a file is found under, in order of preference: the standard name,
+    gzipped, and the dotted form some mirrors use (Kaggle's `t10k-images.idx3-ubyte`)."""
+    dotted = name.replace("-idx", ".idx")
+    return [name, f"{name}.gz", dotted, f"{dotted}.gz"]
+
+
 def find_idx_files(data_dir: str | Path, names: dict[str, str] = IDX_NAMES,
                    torchvision_dir: str = "MNIST", what: str = "MNIST") -> dict[str, Path]:
     """Locate the four IDX files: in data_dir, then data_dir/<torchvision_dir>/raw/, then
@@ -124,7 +131,7 @@ def find_idx_files(data_dir: str | Path, names: dict[str, str] = IDX_NAMES,
     def files_in(folder: Path) -> dict[str, Path | None]:
         found = {}
         for role, name in names.items():
-            options = [folder / name, folder / f"{name}.gz"]
+            options = [folder / n for n in idx_name_variants(name)]
             found[role] = next((p for p in options if p.is_file()), None)
         return found
 
@@ -133,7 +140,7 @@ def find_idx_files(data_dir: str | Path, names: dict[str, str] = IDX_NAMES,
             return found
     # Last resort, walked only when needed: any subfolder holding the first file (sorted,
     # so the same folder wins every time).
-    first = next(iter(names.values()))
+    first = next(iter(names.values())).split("-idx")[0]
     for folder in sorted({p.parent for p in root.rglob(f"{first}*")}):
         if all((found := files_in(folder)).values()):
             return found

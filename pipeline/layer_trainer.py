@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.config import RunConfig
 from pipeline.ff import FFLayer, ff_loss, goodness, normalize
 
@@ -44,6 +45,7 @@ def lr_gain(schedule: str, progress: float) -> float:
 
 class LayerTrainer:
     def __init__(self, index: int, cfg: RunConfig, device: str = "cpu"):
+        keep_freed_memory()  # every process that trains a layer reuses its step's buffers
         m = cfg.model
         self.index = index
         self.cfg = cfg

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.config import RunConfig
 from pipeline.datasets import Dataset
 from pipeline.evaluation import accuracy, evaluate, probe_inputs
@@ -35,6 +36,7 @@ def on_device(ds: Dataset, device: str) -> Dataset:
 
 
 def setup_torch(cfg: RunConfig) -> torch.Generator:
+    keep_freed_memory()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)

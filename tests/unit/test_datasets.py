@@ -132,6 +132,21 @@ def test_uncompressed_files_are_read_too(tmp_path):
     assert ds.y_train.tolist() == arrays["train_labels"].tolist()
 
 
+def test_dotted_names_and_a_mix_of_spellings_are_found(tmp_path):
+    # Kaggle's MNIST and some mirrors write `t10k-images.idx3-ubyte`; the held-out check
+    # in the README was run from such a folder, with the train pair exported by us.
+    deep = tmp_path / "archive" / "mnist"
+    deep.mkdir(parents=True)
+    arrays = small_idx_folder(deep)
+    for name in list(IDX_NAMES.values())[2:]:  # the test pair: raw, dotted
+        gz = deep / f"{name}.gz"
+        (deep / name.replace("-idx", ".idx")).write_bytes(gzip.decompress(gz.read_bytes()))
+        gz.unlink()
+    assert find_idx_files(tmp_path)["test_images"].name == "t10k-images.idx3-ubyte"
+    ds = load_dataset(cfg(dataset="mnist", data_dir=str(tmp_path)))
+    assert ds.y_test.tolist() == arrays["test_labels"].tolist()
+
+
 def test_missing_folder_raises_one_line_data_error_naming_it(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(DataError) as exc:
