@@ -14,26 +14,22 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20   # blocks below this come from the heap (glibc's own maximum)
 TRIM_THRESHOLD = 256 << 20  # free heap top kept before any is returned to the kernel
 
-_done = False
 
-
+@functools.cache  # once per process: every LayerTrainer calls it
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process; True if they were set."""
-    global _done
-    if _done:
-        return True
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _done = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                     and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                    and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     except (OSError, AttributeError):
         return False
-    return _done

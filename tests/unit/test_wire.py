@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pipeline.wire as wire
-from pipeline.transport.local import ShmChannel, _layout
+from pipeline.transport.local import OVERSIZE, ShmChannel, _layout
 from pipeline.wire import Message, WireError, ctrl, decode, encode
 
 pytestmark = pytest.mark.timeout(30)
@@ -409,8 +409,8 @@ def cap_header() -> bytes:
     lambda ch: post_raw(ch, 1, [4], b"\x80", count=2 ** 60),                     # count
     lambda ch: post_raw(ch, len(cap_header()), [8], cap_header()),              # cap
     lambda ch: post_raw(ch, len(good_parts_header()), [5], good_parts_header()),  # wrong len
-    lambda ch: (post_raw(ch, (1 << 64) - 1, []), ch.side_w.send_bytes(b"garbage")),  # body
-    lambda ch: post_raw(ch, (1 << 64) - 1, []),                           # body never comes
+    lambda ch: (post_raw(ch, OVERSIZE, []), ch.side_w.send_bytes(b"garbage")),  # body
+    lambda ch: post_raw(ch, OVERSIZE, []),                                # body never comes
 ])
 def test_shm_hostile_slot_is_rejected_counted_and_next_message_arrives(channel, hostile,
                                                                         monkeypatch):
