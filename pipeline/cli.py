@@ -12,7 +12,11 @@ import signal
 import sys
 
 from pipeline.config import BOOL_FLAGS, SHORT_FLAGS, iter_fields, load_config, RunConfig
-from pipeline.errors import ConfigError, StageFailed, UserError
+from pipeline.errors import StageFailed, UserError
+from pipeline.overrides import config_from_argv
+
+# Each command imports what it runs when it runs: `ffpipe --help` and the one-line errors
+# of a bad option come back without importing torch (a few seconds on a small machine).
 
 TRAIN_USAGE = """usage: ffpipe train [--config FILE.toml] [--section.key=VALUE ...] [short flags]
 
@@ -22,32 +26,6 @@ All keys (section.key  default  help):
 {keys}"""
 
 
-def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
-    """`--config F`, `--train.epochs=5`, `--train.epochs 5`, `--epochs 5`, `--resume`."""
-    config, overrides, i = None, [], 0
-    while i < len(argv):
-        tok = argv[i]
-        if not tok.startswith("--"):
-            raise ConfigError(f"unexpected argument {tok!r}; options look like --epochs 5 "
-                              f"or --train.epochs=5")
-        name, eq, value = tok[2:].partition("=")
-        if name in BOOL_FLAGS and not eq:
-            overrides.append((BOOL_FLAGS[name], "true"))
-            i += 1
-            continue
-        if not eq:
-            if i + 1 >= len(argv):
-                raise ConfigError(f"--{name} needs a value")
-            value, i = argv[i + 1], i + 1
-        i += 1
-        if name == "config":
-            config = value
-        else:
-            key = SHORT_FLAGS.get(name) or BOOL_FLAGS.get(name) or name.replace("-", "_")
-            overrides.append((key, value))
-    return config, overrides
-
-
 def train_help() -> str:
     keys = "\n".join(f"  --{k:32s} {v!s:14s} {m.get('help', '')}"
                      for k, v, m in iter_fields(RunConfig()))
@@ -55,17 +33,12 @@ def train_help() -> str:
                               bools=", ".join(f"--{b}" for b in BOOL_FLAGS), keys=keys)
 
 
-def config_from_argv(argv: list[str]) -> RunConfig:
-    path, overrides = parse_overrides(argv)
-    return load_config(path, overrides)
-
-
 def cmd_train(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(train_help())
         return 0
     cfg = config_from_argv(argv)
-    from pipeline.train import train
+    from pipeline.processes import train
     summary = train(cfg)
     if summary is None:  # a torchrun rank other than the sink
         return 0
@@ -81,7 +54,7 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_worker(argv: list[str]) -> int:
-    from pipeline.worker import worker_main
+    from pipeline.processes.worker import worker_main
     return worker_main(argv)
 
 

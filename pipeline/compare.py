@@ -30,8 +30,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.config import SCHEDULES, RunConfig, load_config, set_value, to_dict, validate
+from pipeline.datasets import load_dataset
 from pipeline.errors import ConfigError
+from pipeline.linear_probes import probe_input, probe_layers, random_layers
+from pipeline.overrides import parse_overrides
+from pipeline.processes import train
 from pipeline.runlog import Progress, read_jsonl
+from pipeline.runtime.checkpoint import load_layers
 
 NORMALIZATIONS = ("rms", "length", "none")
 # Keys compare sets itself per run; passing them as train overrides is a mistake.
@@ -55,7 +60,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
     p.add_argument("--probe-epochs", type=int, default=20,
                    help="epochs of each linear probe (0 = no probes)")
     args, rest = p.parse_known_args(argv)
-    from pipeline.cli import parse_overrides
     path, overrides = parse_overrides(rest)
     for key, _ in overrides:
         if key in OWN_KEYS:
@@ -96,7 +100,6 @@ def schedule_variants(text: str) -> list[str]:
 
 def variant_overrides(item: str) -> tuple[str, list[tuple[str, str]]]:
     """'pipelined+replay=512' -> ('pipelined', [('pipeline.replay', '512')])."""
-    from pipeline.cli import parse_overrides
     schedule, *mods = item.split("+")
     if schedule not in SCHEDULES:
         raise ConfigError(f"--schedules: {schedule!r} not allowed; choose from "
@@ -167,11 +170,10 @@ def run_compare(base: RunConfig, schedules: list[str], normalizations: list[str]
                 seeds: list[int], out: str | Path, probe_epochs: int = 20) -> list[dict]:
     """Train (or reuse) every run, probe the first normalization's runs, write the report.
     Returns one row per run (the rows of compare.csv, nested)."""
-    from pipeline.train import train
     out = Path(out)
     plan = [(s, n, seed) for n in normalizations for s in schedules for seed in seeds]
     cfgs = [run_config(base, out, *p) for p in plan]  # validate them all before any runs
-    K, rows, ds = len(base.model.layers) - 1, [], None
+    K, rows, ds = base.n_layers, [], None
     random_cache: dict[int, tuple[list[float], float]] = {}
     progress = Progress(len(plan), "compare", unit="runs", every=float("inf"))
     for i, ((schedule, norm, seed), cfg) in enumerate(zip(plan, cfgs), 1):
@@ -190,9 +192,6 @@ def run_compare(base: RunConfig, schedules: list[str], normalizations: list[str]
                "drift": drift_stats(Path(cfg.out), summary, K),
                "probe": None, "random_probe": None, "input_probe": None}
         if probe_epochs and norm == normalizations[0]:
-            from pipeline.datasets import load_dataset
-            from pipeline.probes import probe_input, probe_layers, random_layers
-            from pipeline.runtime.checkpoint import load_layers
             ds = ds or load_dataset(base.data)
             row["probe"] = probe_layers(load_layers(cfg.out, cfg), ds, cfg, probe_epochs, seed)
             if seed not in random_cache:

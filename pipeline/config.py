@@ -94,6 +94,10 @@ class PipelineConfig:
     max_message_mb: int = opt(256, "largest message a decoder accepts, MiB", lo=1)
     stop_timeout: float = opt(10.0, "seconds children get to exit after stop/Ctrl-C", lo=0.0)
 
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb << 20
+
 
 @dataclass(kw_only=True, slots=True)
 class DriftConfig:
@@ -133,6 +137,11 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     net: NetConfig = field(default_factory=NetConfig)
+
+    @property
+    def n_layers(self) -> int:
+        """FF layers (= pipeline stages): one fewer than the widths."""
+        return len(self.model.layers) - 1
 
     def thresholds(self) -> list[float]:
         if self.model.threshold:
@@ -248,7 +257,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if len(m.layers) < 2:
         raise ConfigError("model.layers: need the input width and at least one layer, "
                           "e.g. 784,1000,1000")
-    n_layers = len(m.layers) - 1
+    n_layers = cfg.n_layers
     if m.threshold and len(m.threshold) != n_layers:
         raise ConfigError(f"model.threshold: give one value per layer ({n_layers}), "
                           f"got {len(m.threshold)}")
@@ -315,9 +324,5 @@ def to_dict(cfg: RunConfig) -> dict:
 def from_dict(d: dict) -> RunConfig:
     """Rebuild a config from `to_dict` output (e.g. a run's config.json)."""
     cfg = RunConfig()
-    _apply_table(cfg, {k: v for k, v in d.items()})
+    _apply_table(cfg, d)
     return validate(cfg)
-
-
-def to_json(cfg: RunConfig) -> str:
-    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)

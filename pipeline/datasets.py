@@ -48,6 +48,15 @@ class Dataset:
     def input_dim(self) -> int:
         return self.x_train.shape[1]
 
+    def check_fits(self, layers: list[int]) -> None:
+        """A model with these widths can train on this data (before any process starts)."""
+        if layers[0] != self.input_dim:
+            raise ConfigError(f"model.layers: the first width must equal the data's input "
+                              f"size ({self.input_dim} for {self.name}), got {layers[0]}")
+        if self.input_dim < self.num_classes:
+            raise ConfigError(f"{self.name}: input size {self.input_dim} is smaller than "
+                              f"the {self.num_classes} label positions of the overlay")
+
 
 def _pixels(a: np.ndarray, vmax: float) -> torch.Tensor:
     """Flatten images to [N, D] float32 in [0, 1]. Divides in float32 for every source so

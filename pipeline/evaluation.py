@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import RunConfig
-from pipeline.ff import head_features, label_scores, overlay
+from pipeline.ff import head_features, label_scores
 
 
 def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -29,10 +29,3 @@ def evaluate(layers, x: torch.Tensor, y: torch.Tensor, cfg: RunConfig, num_class
         feats = head_features(layers, x, num_classes, m.label_strength, m.normalization)
         out["head_accuracy"] = accuracy(head(feats).argmax(1), y)
     return out
-
-
-def probe_inputs(x: torch.Tensor, y: torch.Tensor, cfg: RunConfig, num_classes: int):
-    """The fixed probe set: the first `probe_size` training images with their true label,
-    i.e. positive data, the distribution each layer is trained to call good."""
-    n = min(cfg.drift.probe_size, len(x))
-    return overlay(x[:n], y[:n], num_classes, cfg.model.label_strength)

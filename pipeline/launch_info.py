@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import parse_overrides
-from pipeline.config import load_config
 from pipeline.errors import UserError
+from pipeline.overrides import config_from_argv
+from pipeline.processes.zmq import default_store
 
 
 def main(argv: list[str]) -> int:
     try:
-        path, overrides = parse_overrides(argv)
-        cfg = load_config(path, overrides)
+        cfg = config_from_argv(argv)
     except UserError as exc:
         print(f"ffpipe: error: {exc}", file=sys.stderr)
         return 2
-    net = cfg.net
-    store = net.store or ("-" if net.ipc_dir else f"{net.host}:{net.base_port}")
-    print(len(cfg.model.layers) - 1, store)
+    print(cfg.n_layers, default_store(cfg.net) or "-")
     return 0
 
 

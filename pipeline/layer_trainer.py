@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.allocator import keep_freed_memory
 from pipeline.config import RunConfig
+from pipeline.errors import ConfigError
 from pipeline.ff import FFLayer, ff_loss, goodness, normalize
 
 
@@ -45,7 +45,6 @@ def lr_gain(schedule: str, progress: float) -> float:
 
 class LayerTrainer:
     def __init__(self, index: int, cfg: RunConfig, device: str = "cpu"):
-        keep_freed_memory()  # every process that trains a layer reuses its step's buffers
         m = cfg.model
         self.index = index
         self.cfg = cfg
@@ -93,7 +92,8 @@ class LayerTrainer:
         return self.layer(x)
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
-        """What this layer sends on: its activity, normalized, detached."""
+        """What this layer sends on: its activity, normalized (`forward` and `train_step`
+        already give detached activities)."""
         return normalize(h, self.cfg.model.normalization)
 
     def goodness(self, h: torch.Tensor) -> torch.Tensor:
@@ -106,8 +106,9 @@ class LayerTrainer:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("shape") != [self.d_in, self.d_out]:
-            raise ValueError(f"checkpoint is for a layer of shape {state.get('shape')}, "
-                             f"this layer is {[self.d_in, self.d_out]}")
+            raise ConfigError(f"checkpoint is for a layer of shape {state.get('shape')}, "
+                              f"this layer is {[self.d_in, self.d_out]}; resume with the "
+                              f"--layers of the run that wrote it")
         self.layer.load_state_dict(state["layer"])
         self.opt.load_state_dict(state["opt"])
         self.version = int(state["version"])

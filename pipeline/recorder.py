@@ -1,8 +1,8 @@
 """What the single-process schedules write while they train: stage{k}.jsonl per layer
 (train and drift records), sink.jsonl (accuracy over time) and summary.json.
 
-The pipelined runtime writes the same files from its own processes, with the same record
-keys, so `ffpipe drift` and `ffpipe compare` read every schedule alike.
+The pipelined runtime writes the same files from its own processes; the record shapes
+both use are in `pipeline.records`.
 """
 
 from __future__ import annotations
@@ -12,54 +12,8 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.drift import DriftMonitor
+from pipeline.records import LayerStats, StageLog, base_summary, train_record
 from pipeline.runlog import JsonlWriter, write_json_atomic
-
-
-def base_summary(cfg: RunConfig) -> dict:
-    return {"schedule": cfg.train.schedule, "dataset": cfg.data.dataset,
-            "layers": cfg.model.layers, "normalization": cfg.model.normalization,
-            "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
-            "seed": cfg.train.seed}
-
-
-class StageLog:
-    """stage{k}.jsonl, mirrored to TensorBoard when drift.tensorboard is on."""
-
-    def __init__(self, cfg: RunConfig, k: int, append: bool = False):
-        self.k = k
-        self.jsonl = JsonlWriter(Path(cfg.out) / f"stage{k}.jsonl", append=append)
-        self.tb = None
-        if cfg.drift.tensorboard:
-            from pipeline.drift.tensorboard import TensorBoardMirror
-            self.tb = TensorBoardMirror(Path(cfg.out) / "tensorboard" / f"stage{k}")
-
-    def write(self, record: dict) -> None:
-        self.jsonl.write(record)
-        if self.tb is not None:
-            self.tb.write(record, self.k)
-
-    def close(self) -> None:
-        self.jsonl.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-class LayerStats:
-    """Running means of a layer's loss and goodness between two log records."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.n, self.sums = 0, {"loss": 0.0, "g_pos": 0.0, "g_neg": 0.0}
-
-    def add(self, stats: dict) -> None:
-        self.n += 1
-        for k in self.sums:
-            self.sums[k] += stats[k]
-
-    def means(self) -> dict:
-        return {k: v / max(self.n, 1) for k, v in self.sums.items()}
 
 
 class Recorder:
@@ -79,15 +33,13 @@ class Recorder:
     def add(self, k: int, stats: dict) -> None:
         self.stats[k].add(stats)
 
-    def log_layer(self, k: int, step: int, samples: int, **extra) -> None:
+    def log_layer(self, k: int, step: int, samples: int, lr: float | None = None) -> None:
         t, s = time.monotonic(), samples
         t_prev, s_prev = self._last[k]
         self._last[k] = (t, s)
-        rec = {"kind": "train", "stage": k, "step": step, "source_step": step,
-               "time": self.now(), "samples": samples,
-               "samples_per_s": (s - s_prev) / max(t - t_prev, 1e-9),
-               **self.stats[k].means(), "queue_depth": 0, "drops": 0,
-               "staleness": [0] * k, "wait_recv_s": 0.0, "wait_send_s": 0.0, **extra}
+        rec = train_record(stage=k, step=step, source_step=step, time=self.now(),
+                           samples=samples, samples_per_s=(s - s_prev) / max(t - t_prev, 1e-9),
+                           means=self.stats[k].means(), staleness=[0] * k, lr=lr)
         self.stats[k].reset()
         self.stage_logs[k].write(rec)
 

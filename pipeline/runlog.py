@@ -25,6 +25,11 @@ def write_json_atomic(path: str | Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_summary(run_dir: str | Path) -> dict:
+    """The summary.json a finished run wrote."""
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
 def _jsonable(x):
     if hasattr(x, "item"):
         return x.item()

@@ -9,23 +9,23 @@ backprop:   the same architecture trained end to end with cross-entropy.
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.allocator import keep_freed_memory
+from pipeline.batches import BatchStream
 from pipeline.config import RunConfig
 from pipeline.datasets import Dataset
-from pipeline.evaluation import accuracy, evaluate, probe_inputs
-from pipeline.ff import (FFLayer, LinearHead, head_features, hard_wrong_labels, label_scores,
-                         normalize, overlay, random_wrong_labels)
+from pipeline.drift.probe_set import probe_inputs
+from pipeline.evaluation import accuracy, evaluate
+from pipeline.ff import FFLayer, LinearHead, head_features, normalize
 from pipeline.layer_trainer import LayerTrainer, lr_gain, make_optimizer
 from pipeline.recorder import Recorder
 from pipeline.runlog import Progress
 from pipeline.runtime.checkpoint import save_layer_states
+from pipeline.runtime.roles import setup_process
 
 
 def on_device(ds: Dataset, device: str) -> Dataset:
@@ -35,51 +35,11 @@ def on_device(ds: Dataset, device: str) -> Dataset:
                    ds.y_test.to(device), ds.num_classes)
 
 
-def setup_torch(cfg: RunConfig) -> torch.Generator:
-    keep_freed_memory()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+def setup_torch(cfg: RunConfig) -> None:
+    """This process trains every layer: the same setup as a stage process, then the init
+    seed (the batches have their own generators, see BatchStream)."""
+    setup_process(cfg.train.threads or torch.get_num_threads(), cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    return torch.Generator().manual_seed(cfg.train.seed)
-
-
-def epoch_batches(n: int, batch_size: int, gen: torch.Generator):
-    perm = torch.randperm(n, generator=gen)
-    for start in range(0, n, batch_size):
-        yield perm[start:start + batch_size]
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
-
-
-class NegativeLabels:
-    """Wrong labels for a batch: uniform, or 'hard' ones drawn from the model's own scores
-    on the whole training set, refreshed once per epoch (as in Hinton's code)."""
-
-    def __init__(self, cfg: RunConfig, ds: Dataset, gen: torch.Generator):
-        self.cfg, self.ds, self.gen = cfg, ds, gen
-        self.per_image = None
-
-    def refresh(self, layers: list, skip: int) -> None:
-        if self.cfg.train.negatives != "hard":
-            return
-        m = self.cfg.model
-        scores = label_scores(layers, self.ds.x_train, self.ds.num_classes,
-                              strength=m.label_strength, skip=skip, kind=m.goodness)
-        # Goodness sums are O(width); scale so the softmax is not a hard argmax.
-        scores = scores / max(sum(l.linear.out_features for l in layers[skip:]), 1) * 10
-        self.per_image = hard_wrong_labels(scores, self.ds.y_train, self.gen)
-
-    def __call__(self, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.per_image is not None:
-            return self.per_image[idx]
-        return random_wrong_labels(y, self.ds.num_classes, self.gen)
-
-
-def make_pair(x, y, wrong, cfg: RunConfig, num_classes: int):
-    s = cfg.model.label_strength
-    return overlay(x, y, num_classes, s), overlay(x, wrong, num_classes, s)
 
 
 class HeadTrainer:
@@ -129,48 +89,54 @@ def _finish(cfg, ds, rec, trainers, head, step, samples, t0, train_s, progress) 
 
 
 class FFRun:
-    """What lockstep and sequential both set up: layers, head, logs, negatives, probes."""
+    """What lockstep and sequential both set up: layers, head, logs, batches, probes."""
 
     def __init__(self, cfg: RunConfig, ds: Dataset):
-        self.gen = setup_torch(cfg)
+        setup_torch(cfg)
+        self.cfg = cfg
         self.t0 = time.monotonic()
-        self.K = len(cfg.model.layers) - 1
+        self.K = cfg.n_layers
         self.trainers = [LayerTrainer(k, cfg, cfg.train.device) for k in range(self.K)]
         self.layers = [tr.layer for tr in self.trainers]
         self.head = HeadTrainer(cfg, ds.num_classes) if cfg.model.head else None
-        self.rec, self.negs = Recorder(cfg, self.K), NegativeLabels(cfg, ds, self.gen)
+        self.rec, self.stream = Recorder(cfg, self.K), BatchStream(cfg, ds)
         self.probe = probe_inputs(ds.x_train, ds.y_train, cfg, ds.num_classes)
+
+    def hard(self, upto: int):
+        """`hard` for `BatchStream.batches`: per-epoch hard-label tables scored by layers
+        0..upto-1, or None when negatives are random."""
+        if self.cfg.train.negatives != "hard":
+            return None
+        skip = min(self.cfg.model.skip_layers, upto - 1)
+        return lambda epoch: self.stream.hard_labels(epoch, self.layers[:upto], skip)
 
 
 def train_lockstep(cfg: RunConfig, ds: Dataset) -> dict:
     r = FFRun(cfg, ds)
-    gen, t0, K, trainers, layers, head = r.gen, r.t0, r.K, r.trainers, r.layers, r.head
-    rec, negs, probe = r.rec, r.negs, r.probe
-    n, B, C = len(ds.x_train), cfg.train.batch_size, ds.num_classes
-    total = cfg.train.epochs * steps_per_epoch(n, B)
+    t0, K, trainers, layers, head = r.t0, r.K, r.trainers, r.layers, r.head
+    rec, stream, probe = r.rec, r.stream, r.probe
+    n, total = stream.n, stream.total
     progress = Progress(cfg.train.epochs * n, f"{cfg.train.schedule}")
     step = samples = 0
-    for epoch in range(cfg.train.epochs):
-        negs.refresh(layers, cfg.model.skip_layers)
-        for idx in epoch_batches(n, B, gen):
-            x, y = ds.x_train[idx], ds.y_train[idx]
-            if cfg.drift.probe_every and step % cfg.drift.probe_every == 0:
-                _probe(rec, trainers, probe, step, K)
-            pos, neg = make_pair(x, y, negs(idx, y), cfg, C)
-            for k, tr in enumerate(trainers):
-                pos, neg, stats = tr.train_step(pos, neg, step / total)
-                rec.add(k, stats)
-            if head:
-                head.step(layers, x, y)
-            step, samples = step + 1, samples + len(idx)
-            progress.update(len(idx), epoch=epoch)
-            if step % cfg.train.log_every == 0:
-                for k in range(K):
-                    rec.log_layer(k, step, samples, lr=cfg.train.lr * lr_gain(
-                        cfg.train.lr_schedule, step / total))
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0:
-                acc = _eval(cfg, ds, layers, head, rec, step, samples)
-                progress.update(0, acc=acc["test_accuracy"])
+    for b in stream.batches(hard=r.hard(K)):
+        x, y, epoch = b.x, b.y, b.epoch
+        if cfg.drift.probe_every and step % cfg.drift.probe_every == 0:
+            _probe(rec, trainers, probe, step, K)
+        pos, neg = stream.pair(x, y, b.wrong)
+        for k, tr in enumerate(trainers):
+            pos, neg, stats = tr.train_step(pos, neg, step / total)
+            rec.add(k, stats)
+        if head:
+            head.step(layers, x, y)
+        step, samples = step + 1, samples + len(x)
+        progress.update(len(x), epoch=epoch)
+        if step % cfg.train.log_every == 0:
+            for k in range(K):
+                rec.log_layer(k, step, samples, lr=cfg.train.lr * lr_gain(
+                    cfg.train.lr_schedule, step / total))
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0:
+            acc = _eval(cfg, ds, layers, head, rec, step, samples)
+            progress.update(0, acc=acc["test_accuracy"])
     train_s = time.monotonic() - t0
     return _finish(cfg, ds, rec, trainers, head, step, samples, t0, train_s, progress)
 
@@ -178,38 +144,33 @@ def train_lockstep(cfg: RunConfig, ds: Dataset) -> dict:
 def train_sequential(cfg: RunConfig, ds: Dataset) -> dict:
     """Layer k trains for all epochs on the outputs of the frozen layers 0..k-1."""
     r = FFRun(cfg, ds)
-    gen, t0, K, trainers, layers, head = r.gen, r.t0, r.K, r.trainers, r.layers, r.head
-    rec, negs, probe = r.rec, r.negs, r.probe
-    n, B, C = len(ds.x_train), cfg.train.batch_size, ds.num_classes
-    per_layer = cfg.train.epochs * steps_per_epoch(n, B)
+    t0, K, trainers, layers, head = r.t0, r.K, r.trainers, r.layers, r.head
+    rec, stream, probe = r.rec, r.stream, r.probe
+    n, B, per_layer = stream.n, stream.B, stream.total
     progress = Progress(K * cfg.train.epochs * n, "sequential")
     step = 0
-    for k, tr in enumerate(trainers):
+    for k, tr in enumerate(trainers):  # each layer: epochs 0..E-1 of the same stream
         local = 0
         for p in tr.layer.parameters():
             p.requires_grad_(True)
-        for epoch in range(cfg.train.epochs):
-            negs.refresh(layers[:k + 1], min(cfg.model.skip_layers, k))
-            for idx in epoch_batches(n, B, gen):
-                x, y = ds.x_train[idx], ds.y_train[idx]
-                if cfg.drift.probe_every and local % cfg.drift.probe_every == 0:
-                    _probe(rec, trainers, probe, step, k + 1)
-                pos, neg = make_pair(x, y, negs(idx, y), cfg, C)
-                with torch.no_grad():  # frozen upstream: plain inference
-                    for up in trainers[:k]:
-                        pos, neg = up.output(up.forward(pos)), up.output(up.forward(neg))
-                _, _, stats = tr.train_step(pos, neg, local / per_layer)
-                rec.add(k, stats)
-                local, step = local + 1, step + 1
-                progress.update(len(idx), layer=k)
-                if local % cfg.train.log_every == 0:
-                    rec.log_layer(k, step, local * B)
+        for b in stream.batches(hard=r.hard(k + 1)):
+            if cfg.drift.probe_every and local % cfg.drift.probe_every == 0:
+                _probe(rec, trainers, probe, step, k + 1)
+            pos, neg = stream.pair(b.x, b.y, b.wrong)
+            with torch.no_grad():  # frozen upstream: plain inference
+                for up in trainers[:k]:
+                    pos, neg = up.output(up.forward(pos)), up.output(up.forward(neg))
+            _, _, stats = tr.train_step(pos, neg, local / per_layer)
+            rec.add(k, stats)
+            local, step = local + 1, step + 1
+            progress.update(len(b.x), layer=k)
+            if local % cfg.train.log_every == 0:
+                rec.log_layer(k, step, local * B)
         for p in tr.layer.parameters():
             p.requires_grad_(False)
     if head:  # the head needs every layer: train it last, same number of epochs
-        for _ in range(cfg.train.epochs):
-            for idx in epoch_batches(n, B, gen):
-                head.step(layers, ds.x_train[idx], ds.y_train[idx])
+        for b in stream.batches():
+            head.step(layers, b.x, b.y)
     train_s = time.monotonic() - t0
     samples = cfg.train.epochs * n
     return _finish(cfg, ds, rec, trainers, head, step, samples, t0, train_s, progress)
@@ -234,38 +195,36 @@ class BackpropNet(nn.Module):
 
 
 def train_backprop(cfg: RunConfig, ds: Dataset) -> dict:
-    gen = setup_torch(cfg)
+    setup_torch(cfg)
     t0 = time.monotonic()
     net = BackpropNet(cfg, ds.num_classes).to(cfg.train.device)
     opt = make_optimizer(net.parameters(), cfg.train)
     K = len(net.layers)
     rec = Recorder(cfg, K)
     probe = probe_inputs(ds.x_train, ds.y_train, cfg, ds.num_classes)
-    n, B, C = len(ds.x_train), cfg.train.batch_size, ds.num_classes
-    total = cfg.train.epochs * steps_per_epoch(n, B)
+    stream = BatchStream(cfg, ds)
+    n, total, neutral = stream.n, stream.total, stream.neutral
     progress = Progress(cfg.train.epochs * n, "backprop")
-    neutral = lambda x: overlay(x, None, C, cfg.model.label_strength)  # noqa: E731
     step = samples = 0
-    for epoch in range(cfg.train.epochs):
-        for idx in epoch_batches(n, B, gen):
-            if cfg.drift.probe_every and step % cfg.drift.probe_every == 0:
-                inputs = []
-                with torch.no_grad():
-                    net(neutral(probe), inputs)
-                for k, x_in in enumerate(inputs):
-                    rec.observe(k, x_in, step)
-            for g in opt.param_groups:
-                g["lr"] = cfg.train.lr * lr_gain(cfg.train.lr_schedule, step / total)
-            loss = F.cross_entropy(net(neutral(ds.x_train[idx])), ds.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step, samples = step + 1, samples + len(idx)
-            progress.update(len(idx), epoch=epoch)
-            for k in range(K):
-                rec.add(k, {"loss": loss.item(), "g_pos": 0.0, "g_neg": 0.0})
-                if step % cfg.train.log_every == 0:
-                    rec.log_layer(k, step, samples)
+    for b in stream.batches():  # the wrong labels are drawn but unused
+        if cfg.drift.probe_every and step % cfg.drift.probe_every == 0:
+            inputs = []
+            with torch.no_grad():
+                net(neutral(probe), inputs)
+            for k, x_in in enumerate(inputs):
+                rec.observe(k, x_in, step)
+        for g in opt.param_groups:
+            g["lr"] = cfg.train.lr * lr_gain(cfg.train.lr_schedule, step / total)
+        loss = F.cross_entropy(net(neutral(b.x)), b.y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step, samples = step + 1, samples + len(b.x)
+        progress.update(len(b.x), epoch=b.epoch)
+        for k in range(K):
+            rec.add(k, {"loss": loss.item(), "g_pos": 0.0, "g_neg": 0.0})
+            if step % cfg.train.log_every == 0:
+                rec.log_layer(k, step, samples)
     train_s = time.monotonic() - t0
     progress.close()
     save_layer_states(cfg.out, [{"layer": layer.state_dict(), "version": step}

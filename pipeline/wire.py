@@ -25,8 +25,7 @@ import torch
 from pipeline.errors import UserError
 
 WIRE_VERSION = 1
-KINDS = ("train", "eval", "probe", "ctrl")
-CTRL_OPS = ("stop", "checkpoint", "epoch")
+KINDS = ("train", "eval", "probe", "ctrl")  # what each kind must carry: runtime/protocol.py
 DTYPES = {
     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
     "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
@@ -79,10 +78,14 @@ def tensor_buffer(t: torch.Tensor) -> memoryview:
     return memoryview(t.view(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
+def encode_header(msg: Message) -> bytes:
+    """The header frame alone (a transport that moves tensors itself needs no buffers)."""
+    return msgpack.packb(header_of(msg), use_bin_type=True)
+
+
 def encode(msg: Message) -> list:
     """[header bytes, buffer, buffer, ...]; buffers share memory with the tensors."""
-    return [msgpack.packb(header_of(msg), use_bin_type=True)] + [
-        tensor_buffer(t) for t in msg.tensors.values()]
+    return [encode_header(msg)] + [tensor_buffer(t) for t in msg.tensors.values()]
 
 
 def unpack_header(raw, max_bytes: int) -> dict:
@@ -108,8 +111,6 @@ def unpack_header(raw, max_bytes: int) -> dict:
         raise WireError("versions must be a list of non-negative ints")
     if not isinstance(meta, dict):
         raise WireError("meta must be a map")
-    if header["kind"] == "ctrl" and meta.get("op") not in CTRL_OPS:
-        raise WireError(f"ctrl op {meta.get('op')!r} not in {CTRL_OPS}")
     specs = header.get("tensors")
     if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
         raise WireError(f"tensors must be a list of at most {MAX_TENSORS} specs")
@@ -130,44 +131,6 @@ def unpack_header(raw, max_bytes: int) -> dict:
     if len({s["name"] for s in specs}) != len(specs):
         raise WireError("duplicate tensor names")
     return header
-
-
-# Meta fields each kind must carry between pipeline roles, with their types. The codec
-# checks the format; the roles check this schema before acting, so a stage never trips
-# over a well-formed message that lacks what its kind promises.
-META_SCHEMA = {
-    "train": {"step": int, "total": int, "n": int},
-    "eval": {"eval_id": int, "chunk": int, "n_chunks": int, "step": int, "final": bool},
-    "probe": {"step": int},
-    "ctrl": {"op": str},
-}
-
-
-def check_meta(kind: str, meta: dict) -> None:
-    for key, tp in META_SCHEMA[kind].items():
-        value = meta.get(key)
-        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise WireError(f"{kind} message: meta {key!r} must be {tp.__name__}, "
-                            f"got {value!r}")
-    if kind == "train" and not (0 <= meta["step"] < meta["total"] and meta["n"] >= 0):
-        raise WireError(f"train message: step {meta['step']} outside 0..total-1")
-    if kind == "eval" and not 0 <= meta["chunk"] < meta["n_chunks"]:
-        raise WireError(f"eval message: chunk {meta['chunk']} outside 0..n_chunks-1")
-
-
-def expect(msg: Message, name: str, width: int | None = None, rows: int | None = None,
-           ndim: int = 2) -> torch.Tensor:
-    """The tensor `name` of a received message, checked for presence, rank and sizes."""
-    t = msg.tensors.get(name)
-    if t is None:
-        raise WireError(f"{msg.kind} message lacks tensor {name!r}")
-    if t.dim() != ndim or (width is not None and t.shape[-1] != width) or (
-            rows is not None and t.shape[0] != rows):
-        raise WireError(f"{msg.kind} message: tensor {name!r} has shape {list(t.shape)}, "
-                        f"expected {ndim}-d" + (f" with width {width}" if width else "")
-                        + (f" and {rows} rows" if rows is not None else "")
-                        + "; are all workers started with the same --layers?")
-    return t
 
 
 def tensor_from_buffer(buf, spec: dict) -> torch.Tensor:
@@ -192,6 +155,11 @@ def decode(frames: list, max_bytes: int) -> Message:
     specs = header["tensors"]
     if len(frames) != 1 + len(specs):
         raise WireError(f"{len(frames) - 1} buffers for {len(specs)} tensor specs")
-    tensors = {s["name"]: tensor_from_buffer(buf, s) for s, buf in zip(specs, frames[1:])}
+    return message_from(header, [tensor_from_buffer(buf, s) for s, buf in zip(specs, frames[1:])])
+
+
+def message_from(header: dict, tensors: list[torch.Tensor]) -> Message:
+    """A message from a validated header and its tensors, in the header's order."""
     return Message(kind=header["kind"], versions=header["versions"], meta=header["meta"],
-                   tensors=tensors, seq=header["seq"])
+                   tensors={s["name"]: t for s, t in zip(header["tensors"], tensors)},
+                   seq=header["seq"])

@@ -8,6 +8,27 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.bench.pipeline_bench import run_drift_bench, run_pipeline_bench
+from pipeline.bench.transport_bench import run_transport_bench
+from pipeline.datasets import load_dataset
+from pipeline.errors import ConfigError
+from pipeline.overrides import config_from_argv
+
+UNITS = {"K": 1 << 10, "M": 1 << 20}
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'64K,1M,4096' -> bytes."""
+    sizes = []
+    for item in text.split(","):
+        item = item.strip().upper()
+        scale = UNITS.get(item[-1:], 1)
+        digits = item[:-1] if item[-1:] in UNITS else item
+        if not digits.isdigit() or int(digits) == 0:
+            raise ConfigError(f"--sizes: {item!r} is not a size; use e.g. 64K,1M,4096")
+        sizes.append(int(digits) * scale)
+    return sizes
+
 
 def bench_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ffpipe bench", description=__doc__.splitlines()[0])
@@ -19,19 +40,11 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--transports", default="memcpy,local,zmq-tcp,zmq-ipc,dist-gloo")
     a, rest = p.parse_known_args(argv)
     if a.what == "transport":
-        from pipeline.bench.transport_bench import run_transport_bench
-        units = {"K": 1 << 10, "M": 1 << 20}
-        sizes = [int(s[:-1]) * units[s[-1].upper()] if s[-1].upper() in units else int(s)
-                 for s in a.sizes.split(",")]
-        run_transport_bench(sizes, a.transports.split(","), a.seconds)
+        run_transport_bench(parse_sizes(a.sizes), a.transports.split(","), a.seconds)
         return 0
-    from pipeline.cli import config_from_argv
     cfg = config_from_argv(rest)
     if a.what == "drift":
-        from pipeline.bench.pipeline_bench import run_drift_bench
         run_drift_bench(cfg, a.steps, a.reps)
         return 0
-    from pipeline.bench.pipeline_bench import run_pipeline_bench
-    from pipeline.datasets import load_dataset
     run_pipeline_bench(cfg, load_dataset(cfg.data), a.steps, a.reps)
     return 0

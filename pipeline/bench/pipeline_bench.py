@@ -11,8 +11,9 @@ Four measurements, each repeated and reported as a median, all in one run:
     lockstep      every layer in one process with K * threads_per_stage threads (the
                   same total cores), train steps only.
     pipelined     the real local launcher (source, K stages, sink), probes off; the
-                  steady rate at the sink (first to last train message), so process
-                  start-up and the final evaluation are not counted.
+                  steady rate at the sink (between the 10 % and 90 % marks of the train
+                  stream), so process start-up, pipeline fill and drain and the final
+                  evaluation are not counted.
 
     efficiency = pipelined samples/s / slowest stage-alone samples/s
     efficiency vs together = pipelined samples/s / slowest stage when all run together
@@ -41,7 +42,11 @@ import torch.multiprocessing as mp
 from pipeline.config import RunConfig, from_dict, to_dict
 from pipeline.ff import normalize
 from pipeline.layer_trainer import LayerTrainer
+from pipeline.processes.local import train_local
+from pipeline.processes.supervise import SpawnedChild, collect, shutdown
 from pipeline.runtime.flow import Flow, Stopped
+from pipeline.runtime.roles import setup_process
+from pipeline.runtime.stage import StageWorker
 from pipeline.transport.memory import MemoryChannel
 from pipeline.wire import Message, ctrl
 
@@ -78,10 +83,9 @@ class CyclingChannel(MemoryChannel):
 
 
 def _warm_worker(cfg_dict: dict, k: int, tmp: str, probe_every: int = 0):
-    from pipeline.runtime.stage import StageWorker
     cfg = from_dict(cfg_dict)
     cfg.out = tmp  # the worker's log and checkpoint: not the user's run folders
-    torch.set_num_threads(cfg.pipeline.threads_per_stage)
+    setup_process(cfg.pipeline.threads_per_stage)
     cfg.drift.probe_every = probe_every
     worker = StageWorker(k, cfg, Flow(MemoryChannel(stage_messages(cfg, k, 5, 0)),
                                       MemoryChannel(), lambda: False))
@@ -119,7 +123,7 @@ def _stage_together(cfg_dict: dict, k: int, seconds: float, barrier, out_q) -> N
 def stages_together_rates(cfg: RunConfig, seconds: float) -> list[float]:
     """samples/s of every stage when all K run at once, each in its own process, fed from
     memory (no messages between them): what the cores give K busy stages together."""
-    K = len(cfg.model.layers) - 1
+    K = cfg.n_layers
     barrier = mp.get_context("spawn").Barrier(K)
     got = in_children(_stage_together, [(to_dict(cfg), k, seconds, barrier) for k in range(K)])
     return [rate for _, rate in sorted(got)]
@@ -130,16 +134,14 @@ def in_children(target, arg_lists: list[tuple]) -> list:
     process; return what they put, in the order it arrived."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args, q)) for args in arg_lists]
-    for p in procs:
-        p.start()
+    children = []
     try:
-        return [q.get(timeout=600) for _ in procs]
+        for i, args in enumerate(arg_lists):
+            children.append(SpawnedChild(ctx.Process(target=target, args=(*args, q),
+                                                     name=f"bench child {i}")))
+        return collect(children, q, len(children), timeout=600)
     finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+        shutdown(children, timeout=10, ask=False)
 
 
 def in_child(target, *args):
@@ -154,9 +156,8 @@ def stage_alone_rate(cfg: RunConfig, k: int, steps: int, probe_every: int = 0) -
 
 def _lockstep(cfg_dict: dict, steps: int, threads: int, out_q) -> None:
     cfg = from_dict(cfg_dict)
-    torch.set_num_threads(threads)
-    K = len(cfg.model.layers) - 1
-    trainers = [LayerTrainer(k, cfg) for k in range(K)]
+    setup_process(threads)
+    trainers = [LayerTrainer(k, cfg) for k in range(cfg.n_layers)]
     gen = torch.Generator().manual_seed(0)
     B, d = cfg.train.batch_size, cfg.model.layers[0]
     batches = [(torch.rand(B, d, generator=gen), torch.rand(B, d, generator=gen))
@@ -176,11 +177,10 @@ def lockstep_rate(cfg: RunConfig, steps: int, threads: int) -> float:
 
 
 def pipelined_rate(cfg: RunConfig, ds, out_dir: str) -> float:
-    from pipeline.runtime.launcher import train_pipelined
     cfg = from_dict(to_dict(cfg))
     cfg.out, cfg.drift.probe_every, cfg.train.eval_every = out_dir, 0, 0
     cfg.data.test_limit = cfg.pipeline.eval_batch  # one eval message: not what we measure
-    summary = train_pipelined(cfg, replace(ds, x_test=ds.x_test[:cfg.pipeline.eval_batch],
+    summary = train_local(cfg, replace(ds, x_test=ds.x_test[:cfg.pipeline.eval_batch],
                                            y_test=ds.y_test[:cfg.pipeline.eval_batch]))
     return summary["steady_samples_per_second"]
 
@@ -192,7 +192,7 @@ RATIOS = ("efficiency", "efficiency_vs_together", "together_over_alone",
 def _measure_rep(cfg: RunConfig, ds, steps: int, out_dir: str, reverse: bool) -> dict:
     """One repetition of every measurement; `reverse` runs all but the first in reverse
     order, so a machine that speeds up or slows down during the run favours neither side."""
-    K = len(cfg.model.layers) - 1
+    K = cfg.n_layers
     got: dict[str, float] = {}
 
     def alone():
@@ -219,7 +219,7 @@ def _measure_rep(cfg: RunConfig, ds, steps: int, out_dir: str, reverse: bool) ->
 
 def run_pipeline_bench(cfg: RunConfig, ds, steps: int, reps: int = 3,
                        stream=sys.stdout) -> dict:
-    K = len(cfg.model.layers) - 1
+    K = cfg.n_layers
     tps = cfg.pipeline.threads_per_stage
     cfg.train.epochs = max(1, round(steps * cfg.train.batch_size / len(ds.x_train)))
     print(f"pipeline bench: {K} stages x {tps} thread(s), batch {cfg.train.batch_size}, "
@@ -257,10 +257,12 @@ def run_pipeline_bench(cfg: RunConfig, ds, steps: int, reps: int = 3,
     return result
 
 
-def run_drift_bench(cfg: RunConfig, steps: int, reps: int = 5, stage: int = 1,
+def run_drift_bench(cfg: RunConfig, steps: int, reps: int = 5, stage: int | None = None,
                     stream=sys.stdout) -> dict:
-    """Stage throughput with drift monitoring at the configured probe interval vs off."""
+    """Stage throughput with drift monitoring at the configured probe interval vs off,
+    on stage 1 by default (the first whose input drifts), stage 0 for one layer."""
     every = cfg.drift.probe_every
+    stage = min(1, cfg.n_layers - 1) if stage is None else stage
     on, off = [], []
     for rep in range(reps):  # alternate, so slow drifts of the machine hit both alike
         off.append(stage_alone_rate(cfg, stage, steps, probe_every=0))

@@ -20,7 +20,6 @@ only waits for the receiver's report and always joins (or terminates) the childr
 
 from __future__ import annotations
 
-import queue
 import socket
 import statistics
 import sys
@@ -30,6 +29,13 @@ import traceback
 
 import numpy as np
 import torch
+import torch.distributed as dist
+
+from pipeline.processes.supervise import SpawnedChild, collect, shutdown
+from pipeline.transport.dist_channel import DistChannel
+from pipeline.transport.local import ShmChannel
+from pipeline.transport.zmq_channel import ZmqChannel
+from pipeline.wire import Message, ctrl
 
 KiB, MiB = 1 << 10, 1 << 20
 DEFAULT_SIZES = (64 * KiB, 1 * MiB, 4 * MiB, 16 * MiB)
@@ -68,12 +74,9 @@ def _open(transport: str, spec, role: str, max_bytes: int):
     if transport == "local":
         return spec  # the ShmChannel itself, pickled to the child
     if transport.startswith("zmq"):
-        from pipeline.transport.zmq_channel import ZmqChannel
         make = ZmqChannel.receiver if role == "recv" else ZmqChannel.sender
         return make(spec, hwm=HWM, max_bytes=max_bytes)
     if transport == "dist-gloo":
-        import torch.distributed as dist
-        from pipeline.transport.dist_channel import DistChannel
         rank = 1 if role == "recv" else 0
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{spec}", rank=rank,
                                 world_size=2)
@@ -82,7 +85,6 @@ def _open(transport: str, spec, role: str, max_bytes: int):
 
 
 def _sender_main(transport, spec, sizes, seconds, max_bytes, ready):
-    from pipeline.wire import Message, ctrl
     torch.set_num_threads(1)
     ch = _open(transport, spec, "send", max_bytes)
     try:
@@ -132,7 +134,6 @@ def _receiver_main(transport, spec, max_bytes, results, ready):
 def _close(transport, ch):
     ch.close()
     if transport == "dist-gloo":
-        import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -141,9 +142,8 @@ def _measure(ctx, transport, sizes, seconds, max_bytes, tmpdir) -> dict:
     """{size: [GB/s per round]} for one transport, from a sender and a receiver child."""
     shm = None
     if transport == "local":
-        from pipeline.transport.local import ShmChannel
         # One channel for every size: slots fit the largest message plus 64 KiB.
-        shm = spec = ShmChannel(ctx, slots=4, slot_bytes=max(sizes) + 64 * KiB,
+        shm = spec = ShmChannel(ctx, slots=4, message_bytes=max(sizes) + 64 * KiB,
                                 max_bytes=max_bytes)
     elif transport == "zmq-tcp":
         spec = f"tcp://127.0.0.1:{_free_port()}"
@@ -154,38 +154,21 @@ def _measure(ctx, transport, sizes, seconds, max_bytes, tmpdir) -> dict:
     else:
         raise ValueError(f"unknown transport {transport!r}")
     results, ready = ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_receiver_main,
-                         args=(transport, spec, max_bytes, results, ready), daemon=True),
-             ctx.Process(target=_sender_main,
-                         args=(transport, spec, sizes, seconds, max_bytes, ready), daemon=True)]
-    budget = 120 + len(sizes) * REPS * (seconds + 2)
+    children = []
     try:
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + budget
-        while True:
-            try:
-                status, value = results.get(timeout=0.5)
-                break
-            except queue.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"{transport}: a child exited with code "
-                                       f"{dead[0].exitcode}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{transport}: no result within {budget:.0f} s") from None
+        children.append(SpawnedChild(ctx.Process(
+            target=_receiver_main, args=(transport, spec, max_bytes, results, ready),
+            name=f"{transport} receiver", daemon=True)))
+        children.append(SpawnedChild(ctx.Process(
+            target=_sender_main, args=(transport, spec, sizes, seconds, max_bytes, ready),
+            name=f"{transport} sender", daemon=True)))
+        budget = 120 + len(sizes) * REPS * (seconds + 2)
+        (status, value), = collect(children, results, 1, budget)
         if status != "ok":
             raise RuntimeError(f"{transport} receiver failed:\n{value}")
         return value
     finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        shutdown(children, timeout=10, ask=False)
         results.close()
         results.cancel_join_thread()
         if shm is not None:

@@ -1,6 +1,6 @@
 """`ffpipe drift RUN_DIR`: drift.png and report.md from a run's logs, or follow a live run.
 
-Reads only the files a run writes (see DESIGN.md): `stage{k}.jsonl` (records with
+Reads only the files a run writes (README, "Files a run writes"): `stage{k}.jsonl` (records with
 "kind": "drift" from DriftMonitor and "kind": "train" from the stage loop), `sink.jsonl`
 ("kind": "eval") and, if present, `summary.json` and `config.json`.
 """

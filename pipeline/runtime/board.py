@@ -17,6 +17,12 @@ import threading
 log = logging.getLogger(__name__)
 
 
+def publish_interval(log_every: int) -> int:
+    """Stage updates between two store publications (and cached reads) of a StoreBoard:
+    four per log interval keeps store traffic far below the message rate."""
+    return max(1, log_every // 4)
+
+
 class StampBoard:
     """No shared state: the newest stamp seen for each upstream stands in for 'now'."""
 
@@ -83,10 +89,13 @@ class StoreBoard(StampBoard):
 
     def current(self, j: int) -> int:
         if self.calls % self.every == 0 and not self.broken:
-            self._guard(lambda: self.cache.__setitem__(
-                j, int(self.store.get(f"ffpipe/version/{j}")) if self.store.check(
-                    [f"ffpipe/version/{j}"]) else 0))
+            self._guard(lambda: self._refresh(j))
         return max(self.cache.get(j, 0), self.newest.get(j, 0))
+
+    def _refresh(self, j: int) -> None:
+        """Read stage j's published version into the cache (0 until it has published)."""
+        key = f"ffpipe/version/{j}"
+        self.cache[j] = int(self.store.get(key)) if self.store.check([key]) else 0
 
     def staleness(self, versions: list[int]) -> list[int]:
         self.calls += 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
+from pipeline.ff import FFLayer
 
 
 def ckpt_path(out: str | Path, name: str) -> Path:
@@ -45,7 +46,6 @@ def save_layer_states(out: str | Path, states: list[dict]) -> None:
 
 def load_layers(run_dir: str | Path, cfg) -> list:
     """The trained FF layers of a finished run, from ckpt/stage{k}.pt."""
-    from pipeline.ff import FFLayer
     w, layers = cfg.model.layers, []
     for k in range(len(w) - 1):
         state = load(ckpt_path(run_dir, f"stage{k}"))

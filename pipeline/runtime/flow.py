@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.transport import Channel
+from pipeline.transport.channel import Channel
 from pipeline.wire import Message
 
 SLICE = 0.25  # seconds

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 
 from pipeline.config import RunConfig
 from pipeline.ff import LinearHead
-from pipeline.recorder import base_summary
+from pipeline.records import base_summary
 from pipeline.runlog import JsonlWriter, Progress, write_json_atomic
 from pipeline.runtime.flow import Flow
-from pipeline.wire import Message, WireError, check_meta, expect
+from pipeline.runtime.protocol import check_meta, expect
+from pipeline.wire import Message, WireError
 
 
 class EvalTally:
@@ -52,16 +53,13 @@ class Sink:
         return y
 
     def on_start(self, meta: dict) -> None:
-        """The source's first message says what the sink needs to know about the data."""
+        """The stream's start message says what the sink needs to know about the data
+        (its fields are checked by `protocol.check_meta`)."""
         if self.C is not None:
             return
-        if not (isinstance(meta.get("classes"), int) and meta["classes"] > 1 and
-                isinstance(meta.get("total_samples"), int)):
-            raise WireError("start message: classes and total_samples must be ints")
         self.C = meta["classes"]
         self.progress = Progress(meta["total_samples"], "pipelined")
-        done = meta.get("done_samples", 0)
-        self.progress.update(done if isinstance(done, int) else 0)
+        self.progress.update(meta["done_samples"])
         if self.cfg.model.head:
             self.head = LinearHead(self.cfg.model.layers[2:], self.C)
             self.head_opt = torch.optim.Adam(self.head.parameters(), lr=self.cfg.train.head_lr)
@@ -95,7 +93,7 @@ class Sink:
             self.on_train(msg)
         elif msg.kind == "eval":
             return self.on_eval(msg)
-        elif msg.kind == "ctrl" and "classes" in msg.meta:
+        elif msg.kind == "ctrl" and msg.meta["op"] == "start":
             self.on_start(msg.meta)
         return None
 

@@ -2,8 +2,9 @@
 injects eval batches (held-out images x every label) and probe batches (the same fixed
 training images every time), then a final evaluation and a stop.
 
-Batches are a pure function of (seed, epoch, step), so a resumed source regenerates
-exactly the stream it would have sent.
+Batches come from `pipeline.batches.BatchStream`, the stream every schedule trains on:
+a pure function of (seed, epoch, step), so a resumed source regenerates exactly the
+stream it would have sent.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import time
 
 import torch
 
+from pipeline.batches import BatchStream
 from pipeline.config import RunConfig
 from pipeline.datasets import Dataset
-from pipeline.evaluation import probe_inputs
-from pipeline.ff import overlay, overlay_all, random_wrong_labels
+from pipeline.drift.probe_set import probe_inputs
+from pipeline.ff import overlay, overlay_all
 from pipeline.runtime import checkpoint
 from pipeline.runtime.flow import Flow
+from pipeline.runtime.protocol import start_message
 from pipeline.wire import Message, ctrl
 
 log = logging.getLogger(__name__)
@@ -29,23 +32,11 @@ class Source:
     def __init__(self, cfg: RunConfig, ds: Dataset, flow: Flow):
         self.cfg, self.ds, self.flow = cfg, ds, flow
         self.C = ds.num_classes
-        self.n, self.B = len(ds.x_train), cfg.train.batch_size
-        self.per_epoch = math.ceil(self.n / self.B)
-        self.total = cfg.train.epochs * self.per_epoch
+        self.batch_stream = BatchStream(cfg, ds)
+        self.n, self.B = self.batch_stream.n, self.batch_stream.B
+        self.per_epoch, self.total = self.batch_stream.per_epoch, self.batch_stream.total
         self.ckpt = checkpoint.ckpt_path(cfg.out, "source")
         self.eval_id = 0
-
-    def batches(self, start_step: int = 0):
-        """(step, epoch, x, y, wrong) for every step from `start_step` on."""
-        for epoch in range(self.cfg.train.epochs):
-            gen = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
-            perm = torch.randperm(self.n, generator=gen)
-            for b in range(self.per_epoch):
-                step = epoch * self.per_epoch + b
-                idx = perm[b * self.B:(b + 1) * self.B]
-                wrong = random_wrong_labels(self.ds.y_train[idx], self.C, gen)
-                if step >= start_step:
-                    yield step, epoch, self.ds.x_train[idx], self.ds.y_train[idx], wrong
 
     def run(self) -> None:
         state = checkpoint.load(self.ckpt) if self.cfg.pipeline.resume else None
@@ -59,22 +50,22 @@ class Source:
     def stream(self, start: int) -> None:
         if start:
             log.info("source: resuming at step %d of %d", start, self.total)
-        s = self.cfg.model.label_strength
         probe, probe_every = self.probe(), self.cfg.drift.probe_every
         eval_every, ckpt_every = self.cfg.train.eval_every, self.cfg.pipeline.ckpt_every
-        self.flow.send(ctrl("epoch", epoch=start // self.per_epoch, step=start,
-                            classes=self.C, total_samples=self.cfg.train.epochs * self.n,
-                            done_samples=min(start * self.B, self.cfg.train.epochs * self.n)))
+        budget = self.cfg.train.epochs * self.n
+        self.flow.send(start_message(classes=self.C, total_samples=budget,
+                                     done_samples=min(start * self.B, budget), step=start))
         epoch_seen = None
-        for step, epoch, x, y, wrong in self.batches(start):
+        for step, epoch, _, x, y, wrong in self.batch_stream.batches(start):
             if epoch != epoch_seen and epoch_seen is not None:
                 self.flow.send(ctrl("epoch", epoch=epoch, step=step))
             epoch_seen = epoch
             if probe_every and step % probe_every == 0:
                 self.flow.send(Message("probe", meta={"step": step}, tensors={"x": probe}))
-            tensors = {"pos": overlay(x, y, self.C, s), "neg": overlay(x, wrong, self.C, s)}
+            pos, neg = self.batch_stream.pair(x, y, wrong)
+            tensors = {"pos": pos, "neg": neg}
             if self.cfg.model.head:
-                tensors.update(neutral=overlay(x, None, self.C, s), y=y)
+                tensors.update(neutral=self.batch_stream.neutral(x), y=y)
             self.flow.send(Message("train", meta={"step": step, "epoch": epoch,
                                                   "total": self.total, "n": len(x)},
                                    tensors=tensors))

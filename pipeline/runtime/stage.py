@@ -22,12 +22,13 @@ import torch
 from pipeline.config import RunConfig
 from pipeline.drift import DriftMonitor
 from pipeline.layer_trainer import LayerTrainer
-from pipeline.recorder import LayerStats, StageLog
+from pipeline.records import LayerStats, StageLog, train_record
 from pipeline.runtime import checkpoint
 from pipeline.runtime.board import StampBoard
 from pipeline.runtime.flow import Flow
+from pipeline.runtime.protocol import check_meta, expect
 from pipeline.runtime.replay import ReplayBuffer
-from pipeline.wire import Message, WireError, check_meta, expect
+from pipeline.wire import Message, WireError
 
 log = logging.getLogger(__name__)
 DRAIN_LIMIT = 64  # 'latest' policy: most messages pulled ahead to find the freshest
@@ -37,8 +38,7 @@ class StageWorker:
     def __init__(self, index: int, cfg: RunConfig, flow: Flow, board=None,
                  device: str = "cpu", restarts: int = 0):
         self.k, self.cfg, self.flow = index, cfg, flow
-        self.K = len(cfg.model.layers) - 1
-        self.last = index == self.K - 1
+        self.last = index == cfg.n_layers - 1
         self.board = board or StampBoard()
         self.device = torch.device(device)
         self.trainer = LayerTrainer(index, cfg, device)
@@ -91,12 +91,14 @@ class StageWorker:
             return
         self.trainer.load_state_dict(state["trainer"])
         self.samples, self.source_step = state["samples"], state["source_step"]
+        self.drops, self.stale_drops = state.get("drops", 0), state.get("stale_drops", 0)
         log.info("stage %d: resumed at version %d", self.k, self.trainer.version)
 
     def save(self) -> None:
         checkpoint.save_atomic(self.ckpt, {
             "trainer": self.trainer.state_dict(), "samples": self.samples,
-            "source_step": self.source_step, "drops": self.drops})
+            "source_step": self.source_step, "drops": self.drops,
+            "stale_drops": self.stale_drops})
 
     # ---- input policy ----------------------------------------------------------------
     def next_message(self) -> Message:
@@ -117,7 +119,7 @@ class StageWorker:
         return Message(kind=msg.kind, versions=msg.versions + [version], meta=msg.meta,
                        tensors=tensors)
 
-    def t(self, msg: Message, name: str, width: int | None = None, rows: int | None = None,
+    def tensor_in(self, msg: Message, name: str, width: int | None = None, rows: int | None = None,
           ndim: int = 2) -> torch.Tensor:
         return expect(msg, name, width, rows, ndim).to(self.device, non_blocking=True)
 
@@ -128,8 +130,8 @@ class StageWorker:
         if s_max >= 0 and stale and max(stale) > s_max:
             self.stale_drops += 1
             return None
-        pos = self.t(msg, "pos", self.d_in)
-        neg = self.t(msg, "neg", self.d_in, rows=len(pos))
+        pos = self.tensor_in(msg, "pos", self.d_in)
+        neg = self.tensor_in(msg, "neg", self.d_in, rows=len(pos))
         n = len(pos)
         if self.replay is not None:
             fresh = (pos, neg)
@@ -157,9 +159,9 @@ class StageWorker:
         """Head inputs ride along: the neutral-label rows and the features gathered so far."""
         if "neutral" not in msg.tensors:
             return {}
-        h = self.trainer.forward(self.t(msg, "neutral", self.d_in))
+        h = self.trainer.forward(self.tensor_in(msg, "neutral", self.d_in))
         out = {"y": expect(msg, "y", rows=len(h), ndim=1)}
-        feats = [self.t(msg, "feats", rows=len(h))] if "feats" in msg.tensors else []
+        feats = [self.tensor_in(msg, "feats", rows=len(h))] if "feats" in msg.tensors else []
         if self.k >= 1:
             feats.append(self.trainer.output(h))
         if feats:
@@ -169,8 +171,8 @@ class StageWorker:
         return out
 
     def on_eval(self, msg: Message) -> Message:
-        h = self.trainer.forward(self.t(msg, "x", self.d_in))
-        acc = self.t(msg, "acc", rows=len(h), ndim=1)
+        h = self.trainer.forward(self.tensor_in(msg, "x", self.d_in))
+        acc = self.tensor_in(msg, "acc", rows=len(h), ndim=1)
         expect(msg, "y", ndim=1)
         if self.k >= self.cfg.model.skip_layers:
             acc = acc + self.trainer.goodness(h)  # never write into a received buffer
@@ -181,7 +183,7 @@ class StageWorker:
         return self.forward_as(msg, tensors, self.trainer.version)
 
     def on_probe(self, msg: Message) -> Message:
-        x = self.t(msg, "x", self.d_in)
+        x = self.tensor_in(msg, "x", self.d_in)
         rec = self.monitor.observe(
             x, self.trainer.version, source_step=msg.meta.get("step", 0),
             time=time.monotonic() - self.t_start, staleness=self.board.staleness(msg.versions))
@@ -207,16 +209,15 @@ class StageWorker:
         self._last_log = (now, self.samples)
         wait_recv, wait_send = self.flow.take_waits()
         n = max(self.stale_n, 1)
-        rec = {"kind": "train", "stage": self.k, "step": self.trainer.version,
-               "source_step": self.source_step, "time": now - self.t_start,
-               "samples": self.samples,
-               "samples_per_s": (self.samples - s_prev) / max(now - t_prev, 1e-9),
-               **self.stats.means(), "queue_depth": self.flow.inbox.depth(),
-               "drops": self.drops, "stale_drops": self.stale_drops,
-               "rejected": self.flow.inbox.rejected, "gaps": self.flow.inbox.gaps,
-               "staleness": [s / n for s in self.stale_sum],
-               "wait_recv_s": wait_recv, "wait_send_s": wait_send,
-               "lr": self.trainer.opt.param_groups[0]["lr"]}
+        inbox = self.flow.inbox
+        rec = train_record(
+            stage=self.k, step=self.trainer.version, source_step=self.source_step,
+            time=now - self.t_start, samples=self.samples,
+            samples_per_s=(self.samples - s_prev) / max(now - t_prev, 1e-9),
+            means=self.stats.means(), staleness=[s / n for s in self.stale_sum],
+            lr=self.trainer.opt.param_groups[0]["lr"], queue_depth=inbox.depth(),
+            drops=self.drops, stale_drops=self.stale_drops, rejected=inbox.rejected,
+            gaps=inbox.gaps, wait_recv_s=wait_recv, wait_send_s=wait_send)
         self.stats.reset()
         self.stale_sum, self.stale_n = [0.0] * self.k, 0
         self.log.write(rec)

@@ -1,6 +1,7 @@
 """`dist` transport: one hop is point-to-point `torch.distributed` send/recv between ranks.
 
-Launched by `torchrun`, one rank per stage (plus source and sink). A message is a fixed
+Launched by `torchrun`, one rank per stage (plus source and sink); joining the job is
+`pipeline.processes.dist.init_dist`. A message is a fixed
 sequence of sends to the peer rank:
 
     int64[1] header length  ->  uint8[n] msgpack header  ->  one send per non-empty tensor
@@ -26,59 +27,16 @@ Two things differ from the byte-stream transports:
 
 from __future__ import annotations
 
-import datetime
-import os
 import time
 
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import UserError
-from pipeline.transport import Channel
-from pipeline.wire import DTYPES, HEADER_CAP, Message, WireError, encode, unpack_header
+from pipeline.transport.channel import Channel
+from pipeline.wire import (DTYPES, HEADER_CAP, Message, WireError, encode_header, message_from,
+                           unpack_header)
 
 POLL_MIN_S, POLL_MAX_S = 20e-6, 2e-3
-
-
-def init_dist(backend: str | None, timeout_s: float):
-    """Join the `torchrun` job: returns (rank, world_size, local_rank, device).
-
-    backend "auto" picks NCCL when every local rank owns a GPU (LOCAL_WORLD_SIZE <= the
-    GPU count), else gloo. With NCCL the rank uses `cuda:LOCAL_RANK`. MASTER_ADDR/MASTER_PORT
-    come from the environment (torchrun sets them).
-    """
-    missing = [k for k in ("RANK", "WORLD_SIZE") if k not in os.environ]
-    if missing:
-        raise UserError(f"{', '.join(missing)} not set: the dist transport runs under "
-                        f"torchrun, e.g. `torchrun --nproc-per-node N -m pipeline.cli ...`")
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if backend in (None, "auto"):
-        backend = "nccl" if gpus >= local_world else "gloo"
-    if backend == "nccl":
-        if gpus < local_world:
-            raise UserError(f"backend nccl needs one GPU per local rank: {local_world} ranks, "
-                            f"{gpus} GPU(s) here; use --net.dist_backend gloo")
-        device = torch.device(f"cuda:{local_rank}")
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    timeout = datetime.timedelta(seconds=timeout_s)
-    if "MASTER_ADDR" not in os.environ:
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
-        return rank, world, local_rank, device
-    # torchrun keeps its store across restarts (--max-restarts): without a fresh key
-    # prefix per attempt, restarted ranks read the dead attempt's gloo addresses.
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                          is_master=rank == 0 and not agent_store, wait_for_workers=False,
-                          timeout=timeout)
-    dist.init_process_group(backend, store=dist.PrefixStore(f"ffpipe/attempt{attempt}", store),
-                            rank=rank, world_size=world, timeout=timeout)
-    return rank, world, local_rank, device
 
 
 class DistChannel(Channel):
@@ -96,7 +54,7 @@ class DistChannel(Channel):
 
     def send(self, msg: Message, timeout: float | None = None) -> bool:
         """Blocks until the peer has taken the message (no timeout); always True."""
-        header = encode(self.stamp(msg))[0]
+        header = encode_header(self.stamp(msg))  # tensors travel as themselves, below
         length = torch.tensor([len(header)], dtype=torch.int64, device=self.device)
         dist.send(length, self.peer)
         dist.send(torch.frombuffer(bytearray(header), dtype=torch.uint8).to(self.device),
@@ -130,14 +88,13 @@ class DistChannel(Channel):
             header = unpack_header(raw.cpu().numpy().tobytes(), self.max_bytes)
         except WireError as exc:
             self._fatal(str(exc))
-        tensors = {}
+        tensors = []
         for spec in header["tensors"]:
             t = torch.empty(spec["shape"], dtype=DTYPES[spec["dtype"]], device=self.device)
             if t.numel():
                 dist.recv(t, self.peer)
-            tensors[spec["name"]] = t
-        return self.account(Message(kind=header["kind"], versions=header["versions"],
-                                    meta=header["meta"], tensors=tensors, seq=header["seq"]))
+            tensors.append(t)
+        return self.account(message_from(header, tensors))
 
     def _length_arrived(self) -> bool:
         if self._pending.is_completed():  # NCCL: true once the transfer finished

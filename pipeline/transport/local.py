@@ -13,7 +13,7 @@ A slot holds a small fixed prefix, the msgpack header and the tensor bytes:
 
     u64 header length (or OVERSIZE) | u64 buffer count | u64 size per buffer | header | buffers
 
-A message larger than a slot (not expected with the sizes the launcher computes) is laid
+A message larger than a slot (not expected with the sizes `runtime.protocol` computes) is laid
 out the same way in a private buffer and sent as raw bytes through a side pipe; its slot
 carries only the OVERSIZE mark, so the order holds. Nothing is pickled. The receiver
 checks every length against the slot (or body) before it trusts any of them.
@@ -24,10 +24,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.transport import Channel
+from pipeline.transport.channel import Channel
 from pipeline.wire import HEADER_CAP, MAX_TENSORS, WireError, decode, encode, Message
 
 ALIGN = 64
+# What the slot layout adds to a message's bytes at most: the prefix, and the padding
+# that aligns the header and every buffer.
+LAYOUT_ROOM = ALIGN * (MAX_TENSORS + 2) + 8 * MAX_TENSORS
 OVERSIZE = (1 << 64) - 1
 SIDE_WAIT_S = 10.0  # how long a receiver waits for an oversize body its slot announced
 
@@ -77,11 +80,12 @@ def _unpack(area: np.ndarray) -> list[np.ndarray]:
 
 
 class ShmChannel(Channel):
-    """One hop of the local transport; picklable to spawned children."""
+    """One hop of the local transport; picklable to spawned children. `message_bytes`:
+    the largest message (header and tensors) a slot must hold."""
 
-    def __init__(self, ctx, slots: int, slot_bytes: int, max_bytes: int):
+    def __init__(self, ctx, slots: int, message_bytes: int, max_bytes: int):
         super().__init__()
-        self.slot_bytes = _aligned(slot_bytes + 4096)  # room for the prefix and header
+        self.slot_bytes = _aligned(message_bytes + LAYOUT_ROOM)
         self.slots = slots
         self.max_bytes = max_bytes
         self.buf = torch.empty(slots * self.slot_bytes, dtype=torch.uint8).share_memory_()

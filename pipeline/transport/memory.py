@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 
-from pipeline.transport import Channel
+from pipeline.transport.channel import Channel
 
 
 class MemoryChannel(Channel):

@@ -14,8 +14,8 @@ stays alive by itself; what it cannot stop is a write into the tensor meanwhile.
 every step, so this holds). Large frames are sent with `track=True` and the channel keeps
 the trackers, with the tensors, in `self._in_flight` until libzmq is done with them:
 `in_flight()` counts them and `wait_sent(timeout)` waits, for a caller that wants to reuse
-a buffer. `close()` lets libzmq flush what is queued for up to the linger (1 s), then
-drops it: a last "stop" gets out, a dead peer cannot hang the shutdown.
+a buffer. `close()` lets libzmq flush what is queued for up to the linger (1 s, or what
+`finish` set), then drops it: a last "stop" gets out, a dead peer cannot hang the shutdown.
 
 On receipt the tensors view libzmq's frame buffers (read-only; no copy). Limits against
 a hostile peer: MAXMSGSIZE caps every frame at max_bytes plus a header allowance (libzmq
@@ -37,7 +37,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline.errors import ConfigError, UserError
-from pipeline.transport import Channel
+from pipeline.transport.channel import Channel
 from pipeline.transport.zmq_keys import load_curve
 from pipeline.wire import HEADER_CAP, Message, WireError, decode, encode, MAX_TENSORS
 
@@ -223,6 +223,11 @@ class ZmqChannel(Channel):
                 self.reject(str(exc))
                 continue
             return self.account(msg)
+
+    def finish(self, timeout: float) -> None:
+        """The last messages (final evaluation, stop) may still sit in zmq's queue while
+        downstream works through its backlog: close will wait up to `timeout` for them."""
+        self.linger_ms = int(timeout * 1000)
 
     def close(self) -> None:
         if not self.sock.closed:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import SYNTH
-from pipeline.cli import config_from_argv
-from pipeline.train import train
+from pipeline.overrides import config_from_argv
+from pipeline import train
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from pipeline.bench.pipeline_bench import run_pipeline_bench
-from pipeline.cli import config_from_argv
+from pipeline.overrides import config_from_argv
 from pipeline.datasets import load_dataset
 
 pytestmark = pytest.mark.timeout(240)

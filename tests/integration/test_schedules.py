@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import SYNTH, read_jsonl
-from pipeline.cli import config_from_argv
+from pipeline.overrides import config_from_argv
 from pipeline.drift.report import make_report
-from pipeline.train import train
+from pipeline import train
 
 pytestmark = pytest.mark.timeout(180)
 DRIFT_KEYS = ("cos_ref", "mmd2_ref", "mean_shift_ref", "cka_ref")

@@ -18,16 +18,16 @@ pytestmark = [pytest.mark.timeout(120),
 LOOP = """
 import resource, sys, torch
 import torch.multiprocessing as mp
-import pipeline.allocator
-if sys.argv[1] == "off":  # before LayerTrainer imports it: the process keeps the defaults
-    pipeline.allocator.keep_freed_memory = lambda: False
+from pipeline.runtime.roles import setup_process
+if sys.argv[1] == "on":  # what every training process runs first
+    setup_process(1)
 from pipeline.config import load_config
 from pipeline.layer_trainer import LayerTrainer
 from pipeline.transport.local import ShmChannel
 from pipeline.wire import Message
 torch.set_num_threads(1)
 tr = LayerTrainer(1, load_config(None, [("model.layers", "784,1000,1000")]))
-hop = ShmChannel(mp.get_context("spawn"), slots=2, slot_bytes=1 << 20, max_bytes=1 << 24)
+hop = ShmChannel(mp.get_context("spawn"), slots=2, message_bytes=1 << 20, max_bytes=1 << 24)
 x = [torch.rand(100, 1000) for _ in range(4)]
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.cli import parse_overrides
+from pipeline.overrides import parse_overrides
 from pipeline.config import ConfigError, RunConfig, from_dict, load_config, to_dict, validate
 
 pytestmark = pytest.mark.timeout(30)

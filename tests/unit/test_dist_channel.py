@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp
 
-from pipeline.transport.dist_channel import DistChannel, init_dist
+from pipeline.processes.dist import init_dist
+from pipeline.transport.dist_channel import DistChannel
 from pipeline.wire import Message, WireError
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.layer_trainer import LayerTrainer, lr_gain
 
 pytestmark = pytest.mark.timeout(30)
@@ -194,5 +195,5 @@ def test_state_dict_round_trip_restores_weights_optimizer_and_version():
 def test_load_state_dict_rejects_a_checkpoint_of_another_shape():
     cfg = sgd_config()
     state = LayerTrainer(1, cfg).state_dict()
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ConfigError, match="shape"):
         LayerTrainer(0, cfg).load_state_dict(state)

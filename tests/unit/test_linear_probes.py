@@ -3,7 +3,7 @@
 import torch
 
 from pipeline.config import load_config
-from pipeline.probes import layer_features, random_layers, train_linear_probe
+from pipeline.linear_probes import layer_features, random_layers, train_linear_probe
 
 
 def _split(x, y, n_train):

@@ -1,0 +1,41 @@
+"""Starting and supervising the processes of a run (not to be confused with the
+top-level `launch/` folder of shell scripts, which call into this package).
+
+    train(cfg)       what `ffpipe train` and `pipeline.train` run: check the data, write
+                     config.json, then the schedule: single-process, or pipelined over
+                     the chosen transport
+    local / zmq / dist   one module per transport: its wiring and its parent side
+    supervise        the one supervisor every launcher and benchmark uses
+    worker           `ffpipe worker`: one process of a cluster
+"""
+
+from __future__ import annotations
+
+import os
+
+from pipeline.config import RunConfig
+from pipeline.processes import dist, local, zmq
+from pipeline.processes.run_dir import load_checked_dataset, write_run_config
+from pipeline.schedules import run_single
+
+
+def train(cfg: RunConfig) -> dict | None:
+    """Train one run; returns its summary (None on torchrun ranks other than the sink)."""
+    pipelined = cfg.train.schedule == "pipelined"
+    transport = cfg.pipeline.transport
+    if pipelined and transport == "dist" and "RANK" in os.environ:
+        return dist.run_rank(cfg)  # this process is a torchrun rank
+    if pipelined and transport == "zmq":
+        cfg.net.store = zmq.default_store(cfg.net)  # resolved before config.json is written
+    ds = load_checked_dataset(cfg)
+    write_run_config(cfg)
+    if not pipelined:
+        return run_single(cfg, ds)
+    if transport == "zmq":
+        return zmq.train_zmq(cfg)
+    if transport == "dist":
+        return dist.train_torchrun(cfg)
+    return local.train_local(cfg, ds)
+
+
+__all__ = ["train"]

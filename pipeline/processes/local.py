@@ -1,0 +1,60 @@
+"""`--transport local`: source, one process per layer, and sink on this machine, joined
+by shared-memory rings (`transport.local`) and a shared version board, started with the
+spawn method (fork after torch has started its threads can hang the child).
+
+Children ignore SIGINT: the launcher coordinates Ctrl-C (every child is asked to stop,
+flushes its checkpoint, and the launcher re-raises KeyboardInterrupt: exit code 130).
+A child stops by itself if its parent dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+
+import torch.multiprocessing as mp
+
+from pipeline.config import RunConfig, from_dict, to_dict
+from pipeline.datasets import Dataset
+from pipeline.processes.supervise import SpawnedChild, run_supervised
+from pipeline.runlog import read_summary
+from pipeline.runtime.board import SharedBoard
+from pipeline.runtime.protocol import max_message_bytes
+from pipeline.runtime.roles import role_name, run_process
+from pipeline.transport.local import ShmChannel
+
+def child_main(role: str, index: int, cfg_dict: dict, inbox, outbox, board_array, stop,
+               errors, dataset, run_start) -> None:
+    """Entry point of every local child (importable by name: spawn pickles it so)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    should_stop = lambda: stop.is_set() or os.getppid() != parent  # noqa: E731
+    try:
+        run_process(role, index, from_dict(cfg_dict), inbox, outbox, SharedBoard(board_array),
+                    should_stop, dataset=dataset, run_start=run_start)
+    except BaseException as exc:
+        errors.put((role_name(role, index), f"{type(exc).__name__}: {exc}",
+                    traceback.format_exc()))
+        raise SystemExit(1)
+
+
+def train_local(cfg: RunConfig, ds: Dataset) -> dict:
+    ctx = mp.get_context("spawn")
+    K = cfg.n_layers
+    size = max_message_bytes(cfg, ds.num_classes)
+    hops = [ShmChannel(ctx, cfg.pipeline.queue_size, size, cfg.pipeline.max_message_bytes)
+            for _ in range(K + 1)]
+    board = ctx.Array("q", K, lock=False)
+    stop, errors = ctx.Event(), ctx.Queue()
+    cfg_dict, run_start = to_dict(cfg), time.time()
+    specs = [("source", 0, None, hops[0])] + [("stage", k, hops[k], hops[k + 1])
+                                              for k in range(K)] + [("sink", 0, hops[K], None)]
+    start = (SpawnedChild(ctx.Process(target=child_main, name=role_name(role, index),
+                                      args=(role, index, cfg_dict, inbox, outbox, board, stop,
+                                            errors, ds if role == "source" else None,
+                                            run_start)), stop)
+             for role, index, inbox, outbox in specs)
+    run_supervised(start, -1, cfg.pipeline.stop_timeout, errors)
+    return read_summary(cfg.out)

@@ -1,0 +1,113 @@
+"""`--transport zmq`: every role is its own OS process (`ffpipe worker`), talking zmq
+PUSH/PULL over tcp or ipc, exactly what a compose cluster or several hosts run.
+
+    zmq_channels / version_board   a worker's wiring (its inbox, outbox and the board)
+    serve                          a worker's body: wiring, then `runtime.roles.run_process`
+    train_zmq                      the parent side of `ffpipe train --transport zmq`:
+                                   start every worker on this machine and supervise them
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import socket
+import sys
+
+from torch.distributed import TCPStore
+
+from pipeline.config import NetConfig, RunConfig
+from pipeline.processes.run_dir import load_checked_dataset, write_run_config
+from pipeline.processes.supervise import PopenChild, run_supervised
+from pipeline.runlog import read_summary
+from pipeline.runtime.board import StampBoard, StoreBoard, publish_interval
+from pipeline.runtime.roles import role_name, run_process, stop_on_signals
+from pipeline.transport.zmq_channel import ZmqChannel, endpoint_for
+
+log = logging.getLogger(__name__)
+
+
+def default_store(net: NetConfig) -> str:
+    """The version board's address: net.store, else the sink hosts it at host:base_port
+    (tcp only: with ipc there is no board, and staleness comes from the stamps)."""
+    if net.store or net.ipc_dir:
+        return net.store
+    return f"{net.host}:{net.base_port}"
+
+
+def bind_endpoint(endpoint: str, net: NetConfig) -> str:
+    """Receivers bind on `net.bind_host` at the port of their (connect) endpoint, so a
+    compose service can listen on its container's interfaces while peers dial its name."""
+    if not endpoint.startswith("tcp://") or not net.bind_host:
+        return endpoint
+    port = endpoint.rsplit(":", 1)[1]
+    return f"tcp://{net.bind_host}:{port}"
+
+
+def zmq_channels(role: str, index: int, cfg: RunConfig):
+    """(inbox, outbox) of one worker; None where the role has no such hop."""
+    K, net, cap = cfg.n_layers, cfg.net, cfg.pipeline.max_message_bytes
+    curve = net.curve_dir or None
+    hop_in = {"source": None, "stage": index, "sink": K}[role]
+    hop_out = {"source": 0, "stage": index + 1, "sink": None}[role]
+    inbox = outbox = None
+    if hop_in is not None:
+        inbox = ZmqChannel.receiver(bind_endpoint(endpoint_for(net, hop_in, K), net),
+                                    hwm=net.hwm, max_bytes=cap, curve=curve)
+    if hop_out is not None:
+        outbox = ZmqChannel.sender(endpoint_for(net, hop_out, K), hwm=net.hwm,
+                                   max_bytes=cap, curve=curve)
+    return inbox, outbox
+
+
+def version_board(role: str, cfg: RunConfig):
+    """The version board is a TCPStore the sink hosts at net.store (host:port).
+
+    Stages connect in the background: until the store answers (or if it never does),
+    staleness comes from the version stamps alone, and nothing waits for it."""
+    if not cfg.net.store or role == "source":
+        return StampBoard()
+    host, _, port = cfg.net.store.rpartition(":")
+    timeout = datetime.timedelta(seconds=cfg.net.dist_timeout)
+    if role == "sink":
+        try:
+            # Listen on exactly the configured address (TCPStore alone would listen on
+            # every interface): loopback stays loopback.
+            listener = socket.create_server((cfg.net.bind_host or host, int(port)))
+            store = TCPStore(host, int(port), is_master=True, wait_for_workers=False,
+                             timeout=timeout, master_listen_fd=listener.fileno())
+        except Exception as exc:  # the run goes on without it
+            log.warning("cannot host the version store at %s (%s); stages fall back to "
+                        "version stamps", cfg.net.store, exc)
+            return StampBoard()
+        board = StoreBoard(store, publish_interval(cfg.train.log_every))
+        board.listener = listener  # the store serves on this socket: keep it open
+        return board
+    return StoreBoard.connect_later(
+        lambda: TCPStore(host, int(port), is_master=False, timeout=timeout),
+        publish_interval(cfg.train.log_every))
+
+
+def serve(role: str, index: int, cfg: RunConfig) -> int:
+    """The body of one zmq worker process."""
+    should_stop = stop_on_signals()
+    dataset = None
+    if role == "source":
+        dataset = load_checked_dataset(cfg)
+        write_run_config(cfg)
+    inbox, outbox = zmq_channels(role, index, cfg)
+    run_process(role, index, cfg, inbox, outbox, version_board(role, cfg), should_stop,
+                dataset=dataset)
+    return 0
+
+
+def train_zmq(cfg: RunConfig) -> dict:
+    """Start the sink, every stage and the source as `ffpipe worker` processes on this
+    machine (downstream first: not required, zmq reconnects, but tidy) and supervise."""
+    base = [sys.executable, "-m", "pipeline", "worker", "--config", f"{cfg.out}/config.json"]
+    roles = [("sink", 0)] + [("stage", k) for k in reversed(range(cfg.n_layers))] + [
+        ("source", 0)]
+    start = (PopenChild(role_name(role, index), base + ["--role", role, "--index", str(index)])
+             for role, index in roles)
+    run_supervised(start, 0, cfg.pipeline.stop_timeout)
+    return read_summary(cfg.out)

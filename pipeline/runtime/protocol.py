@@ -1,0 +1,93 @@
+"""The message protocol between pipeline roles: what each kind of message means and
+must carry. The byte format lives in `pipeline.wire`; this module is what the roles
+agree on above it.
+
+    ctrl start       first message of a stream: the classes, the sample budget, where a
+                     resumed stream starts (the sink needs no dataset)
+    train            pos, neg [B, d] (+ neutral, y, feats with the head); meta step/total/n
+    eval             x [n*C, d] one row per (image, candidate label), acc [n*C], y [n]
+    probe            x [probe_size, d]: the fixed drift probe set
+    ctrl epoch       an epoch boundary        ctrl checkpoint   save now
+    ctrl stop        end of stream; every stage appends its final stats
+
+The roles check this schema before acting (`check_meta`, `expect`), so a stage never trips
+over a well-formed message that lacks what its kind promises: it is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.wire import Message, WireError, ctrl
+
+CTRL_OPS = ("start", "stop", "checkpoint", "epoch")
+
+# Meta fields each kind must carry, with their types.
+META_SCHEMA = {
+    "train": {"step": int, "total": int, "n": int},
+    "eval": {"eval_id": int, "chunk": int, "n_chunks": int, "step": int, "final": bool},
+    "probe": {"step": int},
+    "ctrl": {"op": str},
+}
+START_SCHEMA = {"classes": int, "total_samples": int, "done_samples": int, "step": int}
+
+# Room for the msgpack header (a few hundred bytes; meta of a stop message with every
+# stage's final stats is the largest, a few KiB) on top of the tensor bytes.
+HEADER_ROOM = 16 << 10
+
+
+def _check_types(what: str, meta: dict, schema: dict) -> None:
+    for key, tp in schema.items():
+        value = meta.get(key)
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise WireError(f"{what} message: meta {key!r} must be {tp.__name__}, "
+                            f"got {value!r}")
+
+
+def check_meta(kind: str, meta: dict) -> None:
+    _check_types(kind, meta, META_SCHEMA[kind])
+    if kind == "train" and not (0 <= meta["step"] < meta["total"] and meta["n"] >= 0):
+        raise WireError(f"train message: step {meta['step']} outside 0..total-1")
+    if kind == "eval" and not 0 <= meta["chunk"] < meta["n_chunks"]:
+        raise WireError(f"eval message: chunk {meta['chunk']} outside 0..n_chunks-1")
+    if kind == "ctrl":
+        if meta["op"] not in CTRL_OPS:
+            raise WireError(f"ctrl op {meta['op']!r} not in {CTRL_OPS}")
+        if meta["op"] == "start":
+            _check_types("start", meta, START_SCHEMA)
+            if meta["classes"] < 2:
+                raise WireError(f"start message: {meta['classes']} classes")
+
+
+def start_message(classes: int, total_samples: int, done_samples: int, step: int) -> Message:
+    return ctrl("start", classes=classes, total_samples=total_samples,
+                done_samples=done_samples, step=step)
+
+
+def expect(msg: Message, name: str, width: int | None = None, rows: int | None = None,
+           ndim: int = 2) -> torch.Tensor:
+    """The tensor `name` of a received message, checked for presence, rank and sizes."""
+    t = msg.tensors.get(name)
+    if t is None:
+        raise WireError(f"{msg.kind} message lacks tensor {name!r}")
+    if t.dim() != ndim or (width is not None and t.shape[-1] != width) or (
+            rows is not None and t.shape[0] != rows):
+        raise WireError(f"{msg.kind} message: tensor {name!r} has shape {list(t.shape)}, "
+                        f"expected {ndim}-d" + (f" with width {width}" if width else "")
+                        + (f" and {rows} rows" if rows is not None else "")
+                        + "; are all workers started with the same --layers?")
+    return t
+
+
+def max_message_bytes(cfg: RunConfig, num_classes: int) -> int:
+    """The largest message any hop carries under this config (float32 activations,
+    int64 labels): what a local slot must hold."""
+    w, B, C = cfg.model.layers, cfg.train.batch_size, num_classes
+    d, feats = max(w[:-1]), sum(w[2:])
+    head = cfg.model.head
+    train = 4 * B * (2 * d + (d + feats if head else 0)) + 8 * B
+    eb = cfg.pipeline.eval_batch
+    evals = 4 * eb * C * (d + 1) + 8 * eb + (4 * eb * (d + feats) if head else 0)
+    probe = 4 * cfg.drift.probe_size * d
+    return max(train, evals, probe) + HEADER_ROOM

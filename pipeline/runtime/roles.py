@@ -1,0 +1,91 @@
+"""One process of a pipeline, whatever started it: the body every transport's processes
+run (local children, `ffpipe worker`, torchrun ranks, compose containers).
+
+    setup_process  threads, device, allocator: before the role builds anything
+    run_process    play one role over an inbox and an outbox until the stream ends or a
+                   stop is asked for; always closes both channels
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+
+import torch
+
+from pipeline.allocator import keep_freed_memory
+from pipeline.config import RunConfig
+from pipeline.datasets import Dataset
+from pipeline.runtime.flow import Flow, Stopped
+from pipeline.runtime.sink import Sink
+from pipeline.runtime.source import Source
+from pipeline.runtime.stage import StageWorker
+from pipeline.transport.channel import Channel
+
+log = logging.getLogger(__name__)
+ROLES = ("source", "stage", "sink")
+
+
+def role_name(role: str, index: int) -> str:
+    return f"stage {index}" if role == "stage" else role
+
+
+def stage_device(cfg: RunConfig, index: int) -> str:
+    return cfg.pipeline.devices[index] if cfg.pipeline.devices else "cpu"
+
+
+def setup_process(threads: int, device: str = "cpu") -> None:
+    """What a training process sets before it allocates: every process that trains a
+    layer reuses its step's buffers (see `allocator`), runs `threads` torch threads, and
+    makes its CUDA device current."""
+    keep_freed_memory()
+    torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device).index or 0)  # "cuda" means cuda:0
+
+
+def run_process(role: str, index: int, cfg: RunConfig, inbox: Channel | None,
+                outbox: Channel | None, board, should_stop, *, dataset: Dataset | None = None,
+                run_start: float | None = None, restarts: int = 0) -> bool:
+    """Play `role`; True if the stream ran to its end, False if a stop was asked for
+    (the role has written its checkpoint either way). Both channels are closed on the
+    way out; after a finished stream the outbox first gets `stop_timeout` seconds to
+    deliver what it still holds."""
+    stage = role == "stage"
+    setup_process(cfg.pipeline.threads_per_stage if stage else 1,
+                  stage_device(cfg, index) if stage else "cpu")
+    log.info("%s on %s: transport %s", role_name(role, index), socket.gethostname(),
+             cfg.pipeline.transport)
+    flow = Flow(inbox, outbox, should_stop)
+    finished = False
+    try:
+        if role == "source":
+            Source(cfg, dataset, flow).run()
+        elif stage:
+            StageWorker(index, cfg, flow, board, stage_device(cfg, index), restarts).run()
+        else:
+            Sink(cfg, flow, run_start=run_start).run()
+        finished = True
+    except Stopped:
+        log.info("%s: stopped on request; checkpoint written", role_name(role, index))
+    finally:
+        if finished and outbox is not None:
+            outbox.finish(cfg.pipeline.stop_timeout)
+        for ch in (inbox, outbox):
+            if ch is not None:
+                ch.close()
+    return finished
+
+
+def stop_on_signals():
+    """SIGINT/SIGTERM ask for a clean stop (checkpoint, then exit) instead of killing the
+    process; returns the `should_stop` callable for `run_process`."""
+    asked = []
+
+    def handler(signum, frame):
+        asked.append(signum)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: bool(asked)
