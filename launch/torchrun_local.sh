@@ -29,11 +29,12 @@ done
 
 PYTHON=${PYTHON:-python3}
 # K from the same options `ffpipe train` will parse (a bad option fails here, in one line).
-read -r K _ < <("$PYTHON" -m pipeline.launch_info "$@") || true
+read -r K _ < <("$PYTHON" -P -m pipeline.launch_info "$@") || true
 [ -n "${K:-}" ] || exit 2
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-# --transport dist goes last so it wins over any --transport in the options.
-exec "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node="$((K + 2))" \
+# --transport dist goes last so it wins over any --transport in the options. -P: a
+# pipeline.py (or torch.py) in the working directory cannot shadow the installed package.
+exec "$PYTHON" -P -m torch.distributed.run --no-python --standalone --nproc-per-node="$((K + 2))" \
   --max-restarts="${MAX_RESTARTS:-0}" \
-  -m pipeline train "$@" --transport dist
+  "$PYTHON" -P -m pipeline train "$@" --transport dist

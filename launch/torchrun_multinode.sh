@@ -47,7 +47,7 @@ die() { echo "torchrun_multinode.sh: error: $*" >&2; exit 2; }
 
 PYTHON=${PYTHON:-python3}
 # K from the same options `ffpipe train` will parse (a bad option fails here, in one line).
-read -r K _ < <("$PYTHON" -m pipeline.launch_info "$@") || true
+read -r K _ < <("$PYTHON" -P -m pipeline.launch_info "$@") || true
 [ -n "${K:-}" ] || exit 2
 WORLD=$((K + 2))
 NPROC_PER_NODE=${NPROC_PER_NODE:-$(((WORLD + NNODES - 1) / NNODES))}
@@ -56,8 +56,9 @@ NNODES=$NNODES x NPROC_PER_NODE=$NPROC_PER_NODE = $((NNODES * NPROC_PER_NODE)); 
 dividing $WORLD (or change --layers)"
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-# --transport dist goes last so it wins over any --transport in the options.
-exec "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node-rank="$NODE_RANK" \
+# --transport dist goes last so it wins over any --transport in the options. -P: a
+# pipeline.py (or torch.py) in the working directory cannot shadow the installed package.
+exec "$PYTHON" -P -m torch.distributed.run --no-python --nnodes="$NNODES" --node-rank="$NODE_RANK" \
   --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="${RDZV_ID:-ffpipe}" \
   --nproc-per-node="$NPROC_PER_NODE" --max-restarts="${MAX_RESTARTS:-0}" \
-  -m pipeline train "$@" --transport dist
+  "$PYTHON" -P -m pipeline train "$@" --transport dist

@@ -35,7 +35,7 @@ done
 PYTHON=${PYTHON:-python3}
 STOP_TIMEOUT=${STOP_TIMEOUT:-10}
 # K and the version-board address from the same options the workers parse.
-read -r K STORE < <("$PYTHON" -m pipeline.launch_info "$@" --transport zmq) || true
+read -r K STORE < <("$PYTHON" -P -m pipeline.launch_info "$@" --transport zmq) || true
 [ -n "${K:-}" ] || exit 2
 extra=(--transport zmq)
 [ "$STORE" = "-" ] || extra+=(--net.store="$STORE")
@@ -45,7 +45,8 @@ pids=()
 start() {  # start ROLE INDEX OPTIONS...
   local role=$1 index=$2
   shift 2
-  "$PYTHON" -m pipeline worker --role "$role" --index "$index" "$@" "${extra[@]}" &
+  # -P: a pipeline.py in the working directory cannot shadow the installed package
+  "$PYTHON" -P -m pipeline worker --role "$role" --index "$index" "$@" "${extra[@]}" &
   pids+=($!)
   if [ "$role" = stage ]; then name_of[$!]="stage $index"; else name_of[$!]=$role; fi
 }

@@ -35,6 +35,7 @@ from pipeline.errors import ConfigError
 from pipeline.linear_probes import probe_input, probe_layers, random_layers
 from pipeline.overrides import parse_overrides
 from pipeline.processes import train
+from pipeline.processes.run_dir import recorded_config
 from pipeline.runlog import Progress, read_jsonl
 from pipeline.runtime.checkpoint import load_layers
 
@@ -124,16 +125,17 @@ def run_config(base: RunConfig, out: Path, item: str, norm: str, seed: int) -> R
         set_value(cfg, key, value)
     cfg.out = str(out / f"{item.replace('=', '')}-{norm}-s{seed}")
     cfg.train.schedule, cfg.model.normalization, cfg.train.seed = schedule, norm, seed
+    cfg.pipeline.overwrite = True  # compare's own folders: an unfinished run is redone
     return validate(cfg)
 
 
 def finished_summary(cfg: RunConfig) -> dict | None:
     """The summary of a finished run in cfg.out made with exactly this config, else None."""
     out = Path(cfg.out)
+    if recorded_config(out / "config.json") != json.loads(json.dumps(to_dict(cfg))):
+        return None
     try:
-        same = json.loads((out / "config.json").read_text()) == json.loads(
-            json.dumps(to_dict(cfg)))
-        return json.loads((out / "summary.json").read_text()) if same else None
+        return json.loads((out / "summary.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
@@ -180,7 +182,6 @@ def run_compare(base: RunConfig, schedules: list[str], normalizations: list[str]
         summary = finished_summary(cfg)
         reused = summary is not None
         if not reused:
-            (Path(cfg.out) / "summary.json").unlink(missing_ok=True)  # no stale reuse later
             summary = train(cfg)
         row = {"schedule": schedule, "normalization": norm, "seed": seed,
                "test_accuracy": summary["test_accuracy"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -87,12 +88,21 @@ class PipelineConfig:
                             choices=("block", "latest"))
     eval_batch: int = opt(100, "test images per eval message (x C label overlays)", lo=1)
     ckpt_every: int = opt(0, "stage steps between checkpoints (0 = only at stop)", lo=0)
-    resume: bool = opt(False, "continue every stage from ckpt/stage{k}.pt in --out")
+    resume: str = opt("false", "continue the run in --out from its checkpoints: true, false, "
+                               "or auto (continue if there are checkpoints, else start fresh)",
+                      choices=("false", "true", "auto"))
+    overwrite: bool = opt(False, "clear the files of an earlier run in --out before starting")
     replay: int = opt(0, "per-stage buffer of recent inputs mixed into training (0 = off)", lo=0)
     max_staleness: int = opt(-1, "drop train inputs made by upstream versions more than S "
                                  "updates old (-1 = off)", lo=-1)
     max_message_mb: int = opt(256, "largest message a decoder accepts, MiB", lo=1)
     stop_timeout: float = opt(10.0, "seconds children get to exit after stop/Ctrl-C", lo=0.0)
+
+    @property
+    def resuming(self) -> bool:
+        """Each role continues from its own checkpoint where it has one (`ffpipe train`
+        resolves `auto` for the whole run folder before any process starts)."""
+        return self.resume != "false"
 
     @property
     def max_message_bytes(self) -> int:
@@ -130,7 +140,8 @@ class NetConfig:
 
 @dataclass(kw_only=True, slots=True)
 class RunConfig:
-    out: str = opt("runs/default", "run folder: config, logs, summary, checkpoints")
+    out: str = opt("", "run folder: config, logs, summary, checkpoints (default: a new "
+                       "runs/<UTC date-time>, e.g. runs/20261201-233000)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -162,7 +173,10 @@ SHORT_FLAGS = {
     "batch-size": "train.batch_size", "lr": "train.lr", "queue-policy": "pipeline.queue_policy",
     "eval-every": "train.eval_every", "probe-every": "drift.probe_every",
 }
-BOOL_FLAGS = {"resume": "pipeline.resume", "head": "model.head"}
+BOOL_FLAGS = {"resume": "pipeline.resume", "overwrite": "pipeline.overwrite",
+              "head": "model.head"}
+# Keys of a run's config.json that describe the run rather than configure it.
+RECORD_ONLY_KEYS = ("provenance",)
 
 
 def _field_of(obj, dotted: str):
@@ -210,6 +224,8 @@ def _coerce(value, tp, key: str):
                 raise ValueError
             return float(value)
         if tp is str:
+            if isinstance(value, bool):  # `resume = true` in TOML
+                return "true" if value else "false"
             if not isinstance(value, (str, int, float)):
                 raise ValueError
             return str(value)
@@ -278,8 +294,8 @@ def validate(cfg: RunConfig) -> RunConfig:
                                                     dev[5:].isdigit())):
             raise ConfigError(f"{'pipeline.devices' if dev in p.devices else 'train.device'}: "
                               f"device {dev!r} is not valid; use cpu, cuda or cuda:N")
-    if not cfg.out:
-        raise ConfigError("out: give a run folder, e.g. --out runs/first")
+    if not cfg.out:  # a fresh folder per run, as Hydra does: runs never mix by default
+        cfg.out = time.strftime("runs/%Y%m%d-%H%M%S", time.gmtime())
     if m.label_strength == 0:
         raise ConfigError("model.label_strength: must be > 0 (the label is the signal)")
     return cfg
@@ -311,7 +327,7 @@ def load_config(path: str | None = None, overrides: list[tuple[str, object]] = (
                               f"{str(exc).splitlines()[0]}") from None
         if not isinstance(table, dict):
             raise ConfigError(f"config file {path}: expected a table of sections")
-        _apply_table(cfg, table)
+        _apply_table(cfg, {k: v for k, v in table.items() if k not in RECORD_ONLY_KEYS})
     for key, value in overrides:
         set_value(cfg, key, value)
     return validate(cfg)
@@ -324,5 +340,5 @@ def to_dict(cfg: RunConfig) -> dict:
 def from_dict(d: dict) -> RunConfig:
     """Rebuild a config from `to_dict` output (e.g. a run's config.json)."""
     cfg = RunConfig()
-    _apply_table(cfg, d)
+    _apply_table(cfg, {k: v for k, v in d.items() if k not in RECORD_ONLY_KEYS})
     return validate(cfg)

@@ -224,7 +224,8 @@ def export_idx(ds: Dataset, out_dir: str | Path) -> dict[str, Path]:
     """Write `ds` as the four gzipped MNIST IDX files (uint8 28x28, round(x * 255)), so
     e.g. mnist-5k becomes a folder that `--dataset mnist --data-dir` can read."""
     if ds.input_dim != 28 * 28:
-        raise ValueError(f"export_idx: needs 784-pixel images, {ds.name} has {ds.input_dim}")
+        raise ConfigError(f"--dataset {ds.name}: IDX export needs 28x28 images, {ds.name} has "
+                          f"{ds.input_dim} pixels; export mnist-5k, mnist or fashion-mnist")
     out = Path(out_dir)
 
     def as_bytes(t: torch.Tensor, shape) -> np.ndarray:

@@ -7,11 +7,15 @@ one process; the pipelined runtime gives each stage process exactly one.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.ff import FFLayer, ff_loss, goodness, normalize
+
+
+LAYER_INIT = 1  # SeedSequence spawn key of layer initialisation (batches use the entropy)
 
 
 def make_optimizer(params, train_cfg, lr: float | None = None) -> torch.optim.Optimizer:
@@ -43,6 +47,13 @@ def lr_gain(schedule: str, progress: float) -> float:
     return max(2.0 * (1.0 - progress), 0.01)
 
 
+def layer_seed(seed: int, index: int) -> int:
+    """The seed of layer `index`'s initial weights: a function of the run's seed and the
+    layer alone, so every schedule (and a stage in its own process) starts each layer
+    from the same weights."""
+    return int(np.random.SeedSequence(seed, spawn_key=(LAYER_INIT, index)).generate_state(1)[0])
+
+
 class LayerTrainer:
     def __init__(self, index: int, cfg: RunConfig, device: str = "cpu"):
         m = cfg.model
@@ -50,7 +61,10 @@ class LayerTrainer:
         self.cfg = cfg
         self.device = torch.device(device)
         self.d_in, self.d_out = m.layers[index], m.layers[index + 1]
-        self.layer = FFLayer(self.d_in, self.d_out, m.normalization).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # leaves the caller's generator alone
+            torch.manual_seed(layer_seed(cfg.train.seed, index))
+            self.layer = FFLayer(self.d_in, self.d_out, m.normalization)
+        self.layer.to(self.device)
         self.opt = make_optimizer(self.layer.parameters(), cfg.train)
         self.theta = cfg.thresholds()[index]
         self.version = 0           # number of optimizer steps taken: stamped downstream

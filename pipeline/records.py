@@ -8,18 +8,29 @@ compare` read every schedule alike.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.drift.tensorboard import TensorBoardMirror
+from pipeline.provenance import provenance
 from pipeline.runlog import JsonlWriter
+
+
+def run_provenance(out: Path) -> dict:
+    """The provenance config.json recorded when the run started (this process's own
+    where the run folder has no config.json, e.g. a sink on another host)."""
+    try:
+        return json.loads((out / "config.json").read_text())["provenance"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return provenance()
 
 
 def base_summary(cfg: RunConfig) -> dict:
     return {"schedule": cfg.train.schedule, "dataset": cfg.data.dataset,
             "layers": cfg.model.layers, "normalization": cfg.model.normalization,
             "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
-            "seed": cfg.train.seed}
+            "seed": cfg.train.seed, "provenance": run_provenance(Path(cfg.out))}
 
 
 def train_record(*, stage: int, step: int, source_step: int, time: float, samples: int,

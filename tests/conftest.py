@@ -108,6 +108,12 @@ class Procs:
         self.started.append(p)
         return p
 
+    def popen(self, cmd: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
+        p = subprocess.Popen(cmd, env=self.env(env), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, **kw)
+        self.started.append(p)
+        return p
+
     def run(self, args: list[str], timeout: float, env: dict | None = None):
         p = self.ffpipe(args, env)
         out, err = p.communicate(timeout=timeout)

@@ -40,6 +40,9 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--transports", default="memcpy,local,zmq-tcp,zmq-ipc,dist-gloo")
     a, rest = p.parse_known_args(argv)
     if a.what == "transport":
+        if rest:
+            raise ConfigError(f"bench transport: unknown option(s) {' '.join(rest)}; it "
+                              f"takes --seconds, --sizes and --transports")
         run_transport_bench(parse_sizes(a.sizes), a.transports.split(","), a.seconds)
         return 0
     cfg = config_from_argv(rest)

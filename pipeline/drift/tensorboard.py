@@ -15,9 +15,9 @@ class TensorBoardMirror:
         try:  # lazy: tensorboard is an optional extra, most runs never import it
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError("drift.tensorboard needs TensorBoard: "
-                            "pip install 'ff-pipeline[tensorboard]' "
-                            "(or set drift.tensorboard = false)") from None
+            raise UserError("drift.tensorboard needs TensorBoard: pip install tensorboard "
+                            "(from a checkout: pip install -e '.[tensorboard]'), or set "
+                            "drift.tensorboard = false") from None
         self._writer = SummaryWriter(str(log_dir))
 
     def write(self, record: dict, stage: int) -> None:

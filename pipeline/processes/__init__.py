@@ -1,9 +1,10 @@
 """Starting and supervising the processes of a run (not to be confused with the
 top-level `launch/` folder of shell scripts, which call into this package).
 
-    train(cfg)       what `ffpipe train` and `pipeline.train` run: check the data, write
-                     config.json, then the schedule: single-process, or pipelined over
-                     the chosen transport
+    train(cfg)       what `ffpipe train` and `pipeline.train` run: check what can be
+                     checked before anything starts (preflight, the run folder's rules,
+                     the data), write config.json, then the schedule: single-process, or
+                     pipelined over the chosen transport
     local / zmq / dist   one module per transport: its wiring and its parent side
     supervise        the one supervisor every launcher and benchmark uses
     worker           `ffpipe worker`: one process of a cluster
@@ -11,12 +12,16 @@ top-level `launch/` folder of shell scripts, which call into this package).
 
 from __future__ import annotations
 
+import logging
 import os
 
 from pipeline.config import RunConfig
 from pipeline.processes import dist, local, zmq
-from pipeline.processes.run_dir import load_checked_dataset, write_run_config
+from pipeline.processes.preflight import preflight
+from pipeline.processes.run_dir import claim, load_checked_dataset, write_run_config
 from pipeline.schedules import run_single
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: RunConfig) -> dict | None:
@@ -27,7 +32,10 @@ def train(cfg: RunConfig) -> dict | None:
         return dist.run_rank(cfg)  # this process is a torchrun rank
     if pipelined and transport == "zmq":
         cfg.net.store = zmq.default_store(cfg.net)  # resolved before config.json is written
-    ds = load_checked_dataset(cfg)
+    preflight(cfg)
+    claim(cfg)
+    ds = load_checked_dataset(cfg)  # every check above writes nothing
+    log.info("run folder: %s", cfg.out)
     write_run_config(cfg)
     if not pipelined:
         return run_single(cfg, ds)

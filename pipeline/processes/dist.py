@@ -83,7 +83,7 @@ def run_rank(cfg: RunConfig) -> dict | None:
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     if restarts:
         log.info("torchrun restart %d: every role resumes from its checkpoint", restarts)
-        cfg.pipeline.resume = True
+        cfg.pipeline.resume = "true"
     should_stop = stop_on_signals()
     K = cfg.n_layers
     rank, world, _, device = init_dist(cfg.net.dist_backend, cfg.net.dist_timeout)
@@ -115,9 +115,11 @@ def run_rank(cfg: RunConfig) -> dict | None:
 
 def train_torchrun(cfg: RunConfig) -> dict:
     """torchrun --standalone with one rank per role, on the resolved config.json."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={cfg.n_layers + 2}", "-m", "pipeline", "train",
-           "--config", f"{cfg.out}/config.json"]
+    # -P (and --no-python, so each rank is our own `python -P` command): a pipeline.py or
+    # torch.py in the working directory cannot shadow the installed packages.
+    cmd = [sys.executable, "-P", "-m", "torch.distributed.run", "--standalone", "--no-python",
+           f"--nproc-per-node={cfg.n_layers + 2}", sys.executable, "-P", "-m", "pipeline",
+           "train", "--config", f"{cfg.out}/config.json"]
     start = [PopenChild("torchrun", cmd, {"OMP_NUM_THREADS": str(cfg.pipeline.threads_per_stage)})]
     run_supervised(start, 0, cfg.pipeline.stop_timeout)
     return read_summary(cfg.out)

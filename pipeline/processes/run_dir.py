@@ -1,14 +1,106 @@
-"""What a run needs before its first process starts: data that fits the model, and the
-run folder with its resolved config.json."""
+"""What a run needs before its first process starts: a run folder that holds no other
+run, checkpoints that fit the model when resuming, data that fits the model, and the
+resolved config.json.
+
+The folder rules (`claim`): a run never writes into a folder that holds another run's
+files unless `--resume` (the same model: checkpoint count and shapes are checked here,
+before anything is written) or `--overwrite` (the earlier run's files are removed first;
+nothing else in the folder is touched). `--resume=auto` resumes when there are
+checkpoints and starts fresh otherwise.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 from pathlib import Path
 
-from pipeline.config import RunConfig, to_dict
+from pipeline.config import RECORD_ONLY_KEYS, RunConfig, to_dict
 from pipeline.datasets import Dataset, load_dataset
+from pipeline.errors import ConfigError
+from pipeline.provenance import provenance
 from pipeline.runlog import write_json_atomic
+from pipeline.runtime import checkpoint
+
+log = logging.getLogger(__name__)
+
+# What a run writes into its folder (README, "Files a run writes").
+RUN_FILES = ("config.json", "summary.json", "sink.jsonl", "eval_scores.pt", "drift.png",
+             "report.md")
+RUN_DIRS = ("ckpt", "tensorboard")
+
+
+def run_files(out: Path) -> list[Path]:
+    if not out.is_dir():
+        return []
+    found = [out / n for n in RUN_FILES + RUN_DIRS if (out / n).exists()]
+    return found + sorted(out.glob("stage*.jsonl"))
+
+
+def stage_checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "ckpt").glob("stage*.pt"))
+
+
+def check_writable(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the run")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: cannot write in {parent}; choose a folder you can "
+                          f"write to")
+
+
+def check_checkpoints(cfg: RunConfig, out: Path) -> None:
+    """The checkpoints in `out` belong to a model with exactly these layers."""
+    K, w = cfg.n_layers, cfg.model.layers
+    extra = [p.name for p in stage_checkpoints(out)
+             if p.stem[5:].isdigit() and int(p.stem[5:]) >= K]
+    if extra:
+        raise ConfigError(f"--resume: {out} has checkpoints for more layers than --layers "
+                          f"{','.join(map(str, w))} ({', '.join(extra)}); resume with the "
+                          f"run's own --layers, or use another --out")
+    for k in range(K):
+        state = checkpoint.load(checkpoint.ckpt_path(out, f"stage{k}"))
+        shape = state and state.get("trainer", {}).get("shape")
+        if shape is not None and shape != [w[k], w[k + 1]]:
+            raise ConfigError(f"--resume: ckpt/stage{k}.pt is a {shape[0]}x{shape[1]} layer, "
+                              f"--layers asks for {w[k]}x{w[k + 1]}; resume with the run's "
+                              f"own --layers, or use another --out")
+
+
+def claim(cfg: RunConfig) -> None:
+    """Apply the folder rules to cfg.out (resolving `--resume=auto`); raises ConfigError
+    before anything is written. With --overwrite the earlier run's files go."""
+    out, p = Path(cfg.out), cfg.pipeline
+    check_writable(out)
+    if p.resume == "auto":
+        p.resume = "true" if stage_checkpoints(out) else "false"
+    if p.resume == "true":
+        if p.overwrite:
+            raise ConfigError("--resume and --overwrite: choose one (continue the run in "
+                              "--out, or replace it)")
+        if cfg.train.schedule != "pipelined":
+            raise ConfigError(f"--resume: the {cfg.train.schedule} schedule does not "
+                              f"resume (only pipelined stages checkpoint as they train)")
+        if not stage_checkpoints(out):
+            raise ConfigError(f"--resume: {out} has no checkpoints to continue from; drop "
+                              f"--resume (or use --resume=auto: resume if there are any)")
+        check_checkpoints(cfg, out)
+        return
+    held = run_files(out)
+    if held and not p.overwrite:
+        what = "a finished run" if (out / "summary.json").exists() else "another run's files"
+        raise ConfigError(f"--out {out} holds {what} ({', '.join(h.name for h in held[:3])}"
+                          f"{', ...' if len(held) > 3 else ''}); pass --resume to continue it, "
+                          f"--overwrite to replace it, or choose another --out")
+    for h in held:
+        shutil.rmtree(h) if h.is_dir() else h.unlink()
+    if held:
+        log.info("--overwrite: removed %d files of the earlier run in %s", len(held), out)
 
 
 def load_checked_dataset(cfg: RunConfig) -> Dataset:
@@ -17,15 +109,21 @@ def load_checked_dataset(cfg: RunConfig) -> Dataset:
     return ds
 
 
+def recorded_config(path: Path) -> dict | None:
+    """A run's config.json without what only describes the run (provenance)."""
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in table.items() if k not in RECORD_ONLY_KEYS}
+
+
 def write_run_config(cfg: RunConfig) -> None:
-    """config.json: the resolved config of the run (the one place it is written). A
-    worker re-reading the file its launcher wrote leaves it as it is."""
+    """config.json: the resolved config of the run and where it came from (the one place
+    it is written). A worker re-reading the file its launcher wrote leaves it as it is."""
     path = Path(cfg.out) / "config.json"
     resolved = to_dict(cfg)
-    try:
-        if json.loads(path.read_text()) == json.loads(json.dumps(resolved)):
-            return
-    except (OSError, ValueError):
-        pass
+    if recorded_config(path) == json.loads(json.dumps(resolved)):
+        return
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, resolved)
+    write_json_atomic(path, {**resolved, "provenance": provenance()})

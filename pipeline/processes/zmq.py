@@ -104,7 +104,9 @@ def serve(role: str, index: int, cfg: RunConfig) -> int:
 def train_zmq(cfg: RunConfig) -> dict:
     """Start the sink, every stage and the source as `ffpipe worker` processes on this
     machine (downstream first: not required, zmq reconnects, but tidy) and supervise."""
-    base = [sys.executable, "-m", "pipeline", "worker", "--config", f"{cfg.out}/config.json"]
+    # -P: a pipeline.py in the working directory cannot shadow the installed package.
+    base = [sys.executable, "-P", "-m", "pipeline", "worker", "--config",
+            f"{cfg.out}/config.json"]
     roles = [("sink", 0)] + [("stage", k) for k in reversed(range(cfg.n_layers))] + [
         ("source", 0)]
     start = (PopenChild(role_name(role, index), base + ["--role", role, "--index", str(index)])

@@ -39,6 +39,12 @@ class StampBoard:
     def current(self, j: int) -> int:
         return self.newest.get(j, 0)
 
+    @property
+    def exact(self) -> bool:
+        """Staleness measured against the upstream stages' real versions (False: from the
+        stamps alone, a lower bound)."""
+        return False
+
     def staleness(self, versions: list[int]) -> list[int]:
         self.observe(versions)
         return [max(self.current(j) - v, 0) for j, v in enumerate(versions)]
@@ -48,6 +54,8 @@ class SharedBoard(StampBoard):
     def __init__(self, array) -> None:
         super().__init__()
         self.array = array  # multiprocessing.Array('q', K, lock=False)
+
+    exact = True
 
     def publish(self, k: int, version: int) -> None:
         self.array[k] = version
@@ -82,6 +90,10 @@ class StoreBoard(StampBoard):
 
         threading.Thread(target=dial, name="version-store", daemon=True).start()
         return board
+
+    @property
+    def exact(self) -> bool:
+        return not self.broken  # to within `every` updates
 
     def publish(self, k: int, version: int) -> None:
         if version % self.every == 0 and not self.broken:

@@ -5,6 +5,7 @@ progress bar, and writes summary.json when the stop arrives.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from pipeline.runlog import JsonlWriter, Progress, write_json_atomic
 from pipeline.runtime.flow import Flow
 from pipeline.runtime.protocol import check_meta, expect
 from pipeline.wire import Message, WireError
+
+log = logging.getLogger(__name__)
 
 
 class EvalTally:
@@ -44,6 +47,7 @@ class Sink:
         self.progress = None
         self.head = self.head_opt = None
         self.source_stats: dict = {}
+        self.resumed_at = 0  # the source step a resumed stream starts at
 
     def labels(self, msg: Message, rows: int | None = None) -> torch.Tensor:
         y = expect(msg, "y", rows=rows, ndim=1)
@@ -57,7 +61,7 @@ class Sink:
         (its fields are checked by `protocol.check_meta`)."""
         if self.C is not None:
             return
-        self.C = meta["classes"]
+        self.C, self.resumed_at = meta["classes"], meta["step"]
         self.progress = Progress(meta["total_samples"], "pipelined")
         self.progress.update(meta["done_samples"])
         if self.cfg.model.head:
@@ -65,7 +69,7 @@ class Sink:
             self.head_opt = torch.optim.Adam(self.head.parameters(), lr=self.cfg.train.head_lr)
 
     def run(self) -> dict:
-        log = JsonlWriter(self.out / "sink.jsonl", append=self.cfg.pipeline.resume)
+        records = JsonlWriter(self.out / "sink.jsonl", append=self.cfg.pipeline.resuming)
         try:
             while True:
                 msg = self.flow.recv()
@@ -75,7 +79,7 @@ class Sink:
                     self.flow.inbox.reject(str(exc))
                     continue
                 if rec is not None:
-                    log.write(rec)
+                    records.write(rec)
                 if msg.kind == "ctrl" and msg.meta["op"] == "stop":
                     self.source_stats = msg.meta.get("source", {})
                     return self.finish(msg.meta.get("stages", []), interrupted=False)
@@ -83,7 +87,7 @@ class Sink:
             self.finish([], interrupted=True)
             raise
         finally:
-            log.close()
+            records.close()
             if self.progress is not None:
                 self.progress.close()
 
@@ -187,5 +191,16 @@ class Sink:
         for key in ("head_accuracy", "eval_chunks_missing"):
             if key in last:
                 summary[key] = last[key]
+        if stages:
+            # Per layer, the whole run's samples (a resumed run counts what came before);
+            # stage 0 has no upstream, so its staleness is exact by definition.
+            summary["train_samples"] = min(s.get("samples", 0) for s in stages)
+            summary["staleness_exact"] = all(s.get("staleness_exact", False)
+                                             for s in stages[1:])
+            if not summary["staleness_exact"]:
+                log.warning("staleness was measured from version stamps only (no version "
+                            "board reached): the values are lower bounds")
+        if self.resumed_at:
+            summary["resumed_at_step"] = self.resumed_at
         write_json_atomic(self.out / "summary.json", summary)
         return summary

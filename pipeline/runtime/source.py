@@ -39,13 +39,29 @@ class Source:
         self.eval_id = 0
 
     def run(self) -> None:
-        state = checkpoint.load(self.ckpt) if self.cfg.pipeline.resume else None
-        self.done = start = state["step"] if state else 0
+        state = checkpoint.load(self.ckpt) if self.cfg.pipeline.resuming else None
+        self.sent = state["step"] if state else 0  # how far an earlier session got
         self.eval_id = state["eval_id"] if state else 0
+        self.done = start = self.resume_step() if state else 0
         try:
             self.stream(start)
         finally:  # stopped or finished: remember how far the stream got
-            self.save(self.done)
+            self.save(max(self.done, self.sent))
+
+    def resume_step(self) -> int:
+        """Where a resumed stream starts: the oldest point any stage has trained to, so no
+        stage misses a batch (a stage skips training on what it already trained on, and
+        only forwards it). A stage whose checkpoint is not in this folder counts as not
+        started: the stream is resent from the beginning."""
+        start = self.sent
+        for k in range(self.cfg.n_layers):
+            state = checkpoint.load(checkpoint.ckpt_path(self.cfg.out, f"stage{k}"))
+            upto = state["source_step"] + 1 if state and state["samples"] else 0
+            if upto < start:
+                log.info("source: stage %d trained up to step %d of the %d sent; resending "
+                         "from there", k, upto, self.sent)
+                start = upto
+        return start
 
     def stream(self, start: int) -> None:
         if start:
@@ -60,7 +76,7 @@ class Source:
             if epoch != epoch_seen and epoch_seen is not None:
                 self.flow.send(ctrl("epoch", epoch=epoch, step=step))
             epoch_seen = epoch
-            if probe_every and step % probe_every == 0:
+            if probe_every and step % probe_every == 0 and step >= self.sent:
                 self.flow.send(Message("probe", meta={"step": step}, tensors={"x": probe}))
             pos, neg = self.batch_stream.pair(x, y, wrong)
             tensors = {"pos": pos, "neg": neg}
@@ -70,7 +86,7 @@ class Source:
                                                   "total": self.total, "n": len(x)},
                                    tensors=tensors))
             self.done = done = step + 1
-            if eval_every and done % eval_every == 0 and done < self.total:
+            if eval_every and done % eval_every == 0 and self.sent < done < self.total:
                 self.send_eval(done, final=False)
             if ckpt_every and done % ckpt_every == 0:
                 self.flow.send(ctrl("checkpoint", step=done))

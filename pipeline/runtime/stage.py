@@ -57,15 +57,17 @@ class StageWorker:
         self._last_log = (self.t_start, 0)
         self.log = None
         self.restarts = restarts  # torchrun's TORCHELASTIC_RESTART_COUNT
+        self.trained_upto = -1    # resumed: the last source step trained on before
+        self.resent = 0           # inputs forwarded without training (already trained on)
 
     # ---- lifecycle -------------------------------------------------------------------
     def run(self) -> None:
-        if self.cfg.pipeline.resume:
+        if self.cfg.pipeline.resuming:
             self.restore()
-        self.log = StageLog(self.cfg, self.k, append=self.cfg.pipeline.resume)
+        self.log = StageLog(self.cfg, self.k, append=self.cfg.pipeline.resuming)
         self.log.write({"kind": "start", "stage": self.k, "pid": os.getpid(),
                         "host": socket.gethostname(), "device": str(self.device),
-                        "version": self.trainer.version, "resumed": self.cfg.pipeline.resume,
+                        "version": self.trainer.version, "resumed": self.cfg.pipeline.resuming,
                         "restarts": self.restarts})
         try:
             while True:
@@ -91,6 +93,7 @@ class StageWorker:
             return
         self.trainer.load_state_dict(state["trainer"])
         self.samples, self.source_step = state["samples"], state["source_step"]
+        self.trained_upto = self.source_step if self.samples else -1
         self.drops, self.stale_drops = state.get("drops", 0), state.get("stale_drops", 0)
         log.info("stage %d: resumed at version %d", self.k, self.trainer.version)
 
@@ -125,6 +128,8 @@ class StageWorker:
 
     # ---- message kinds ---------------------------------------------------------------
     def on_train(self, msg: Message) -> Message | None:
+        if msg.meta["step"] <= self.trained_upto:
+            return self.forward_only(msg)
         stale = self.board.staleness(msg.versions)
         s_max = self.cfg.pipeline.max_staleness
         if s_max >= 0 and stale and max(stale) > s_max:
@@ -152,6 +157,19 @@ class StageWorker:
         if self.trainer.version % self.cfg.train.log_every == 0:
             self.write_train_record()
         tensors = {} if self.last else {"pos": out_pos[:n], "neg": out_neg[:n]}
+        tensors.update(self.head_tensors(msg))
+        return self.forward_as(msg, tensors, self.trainer.version)
+
+    def forward_only(self, msg: Message) -> Message:
+        """A train input this stage trained on before a resume (the source resends from
+        the stage furthest behind): forwarded for downstream, not trained on again."""
+        self.resent += 1
+        tensors = {}
+        if not self.last:
+            pos = self.tensor_in(msg, "pos", self.d_in)
+            neg = self.tensor_in(msg, "neg", self.d_in, rows=len(pos))
+            tensors = {"pos": self.trainer.output(self.trainer.forward(pos)),
+                       "neg": self.trainer.output(self.trainer.forward(neg))}
         tensors.update(self.head_tensors(msg))
         return self.forward_as(msg, tensors, self.trainer.version)
 
@@ -196,7 +214,8 @@ class StageWorker:
         if op == "checkpoint":
             self.save()
         elif op == "stop":
-            self.write_train_record()
+            if self.stats.n:  # steps since the last record: a record with nothing is a lie
+                self.write_train_record()
             before = msg.meta.get("stages", [])
             before = before if isinstance(before, list) else []
             msg.meta = {**msg.meta, "stages": before + [self.final_stats()]}
@@ -229,5 +248,6 @@ class StageWorker:
                 "stale_drops": self.stale_drops, "rejected": self.flow.inbox.rejected,
                 "gaps": self.flow.inbox.gaps,
                 "mean_staleness": self.stale_total / max(self.stale_count, 1),
+                "staleness_exact": self.board.exact, "resent": self.resent,
                 "cpu_seconds": time.process_time(),
                 "drift": self.monitor.summary()}

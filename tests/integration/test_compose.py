@@ -139,5 +139,5 @@ def test_every_compose_service_started_as_a_local_process_completes_the_run(proc
     assert summary["test_accuracy"] > 0.3  # chance is 0.1
     assert [s["stage"] for s in summary["stages"]] == [0, 1, 2, 3]
     config = json.loads((out / "config.json").read_text())
-    assert config["net"]["base_port"] == base and config["pipeline"]["resume"]
+    assert config["net"]["base_port"] == base and config["pipeline"]["resume"] == "true"
     wait_for(lambda: procs.alive() == [], 10, "every service process to exit")

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def test_pipeline_bench_measures_alone_together_lockstep_and_pipelined(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the default --out is runs/default, relative to here
+    monkeypatch.chdir(tmp_path)  # the default --out is runs/<time>, relative to here
     cfg = config_from_argv(["--dataset", "synthetic", "--layers", "64,32,32",
                             "--threads-per-stage", "1", "--batch-size", "25"])
     out = io.StringIO()

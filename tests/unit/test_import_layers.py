@@ -11,7 +11,7 @@ ROOT = Path(pipeline.__file__).parent
 
 # Lowest first. A module may import from its own layer and every layer above it here.
 LAYERS = [
-    ("config", ["errors", "config", "overrides"]),
+    ("config", ["errors", "config", "overrides", "provenance"]),
     ("maths, data, run logs, drift", [
         "allocator", "ff", "layer_trainer", "evaluation", "linear_probes", "datasets", "idx",
         "batches", "runlog", "records", "drift", "drift.metrics", "drift.monitor",
