@@ -13,11 +13,12 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import torch
 
+from pipeline.augment import shift_images, shift_pixels
 from pipeline.config import RunConfig
 from pipeline.datasets import Dataset
 from pipeline.ff import hard_wrong_labels, label_scores, overlay, random_wrong_labels
 
-BATCHES, HARD = 0, 1  # the two independent streams of one epoch
+BATCHES, HARD, AUGMENT = 0, 1, 2  # the independent streams of one epoch
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = BATCHES) -> torch.Generator:
@@ -50,6 +51,7 @@ class BatchStream:
         self.C, self.strength = ds.num_classes, cfg.model.label_strength
         self.n, self.B = len(ds.x_train), cfg.train.batch_size
         self.per_epoch = math.ceil(self.n / self.B)
+        self.shift = shift_pixels(cfg.data.augment)  # pixels; 0 = no augmentation
         self.total = self.epochs * self.per_epoch  # steps of a full run
 
     def batches(self, start_step: int = 0,
@@ -63,6 +65,7 @@ class BatchStream:
         """
         for epoch in range(start_step // self.per_epoch, self.epochs):
             gen = epoch_generator(self.seed, epoch)
+            aug = epoch_generator(self.seed, epoch, AUGMENT)  # never shifts the batches
             perm = torch.randperm(self.n, generator=gen)
             table = None
             for b in range(self.per_epoch):
@@ -70,13 +73,18 @@ class BatchStream:
                 idx = perm[b * self.B:(b + 1) * self.B]
                 y = self.ds.y_train[idx]
                 wrong = random_wrong_labels(y, self.C, gen)
+                offsets = (torch.randint(-self.shift, self.shift + 1, (2, len(idx)),
+                                         generator=aug) if self.shift else None)
                 if step < start_step:  # drawn all the same: the rest of the epoch is fixed
                     continue
                 if hard is not None:
                     if table is None:
                         table = hard(epoch)
                     wrong = table[idx]
-                yield Batch(step, epoch, idx, self.ds.x_train[idx], y, wrong)
+                x = self.ds.x_train[idx]
+                if offsets is not None:
+                    x = shift_images(x, self.ds.image_shape, *offsets)
+                yield Batch(step, epoch, idx, x, y, wrong)
 
     def hard_labels(self, epoch: int, layers: list, skip: int) -> torch.Tensor:
         """Per-image wrong labels sampled from the model's own label scores on the whole

@@ -39,6 +39,9 @@ class DataConfig:
     split_seed: int = opt(0, "seed of the fixed train/test split of mnist-5k, digits, synthetic", lo=0)
     train_limit: int = opt(0, "use only the first N training images (0 = all)", lo=0)
     test_limit: int = opt(0, "use only the first N test images (0 = all)", lo=0)
+    augment: str = opt("none", "training-image augmentation: none, or shift:N (each image "
+                               "moved by a random offset in [-N, N]^2, zero fill, fresh every "
+                               "epoch; test images are never augmented)")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -296,6 +299,10 @@ def validate(cfg: RunConfig) -> RunConfig:
                               f"device {dev!r} is not valid; use cpu, cuda or cuda:N")
     if not cfg.out:  # a fresh folder per run, as Hydra does: runs never mix by default
         cfg.out = time.strftime("runs/%Y%m%d-%H%M%S", time.gmtime())
+    aug = cfg.data.augment
+    if aug != "none" and not (aug.startswith("shift:") and aug[6:].isdigit() and int(aug[6:]) > 0):
+        raise ConfigError(f"data.augment: {aug!r} is not allowed; use none or shift:N with "
+                          f"N >= 1 pixels, e.g. shift:2")
     if m.label_strength == 0:
         raise ConfigError("model.label_strength: must be > 0 (the label is the signal)")
     return cfg

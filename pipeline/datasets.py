@@ -43,6 +43,7 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    image_shape: tuple[int, int] | None = None  # (height, width) of image data; None otherwise
 
     @property
     def input_dim(self) -> int:
@@ -66,11 +67,12 @@ def _pixels(a: np.ndarray, vmax: float) -> torch.Tensor:
     return torch.from_numpy(a) / vmax
 
 
-def _split(x: torch.Tensor, y: torch.Tensor, n_train: int, seed: int, name: str) -> Dataset:
+def _split(x: torch.Tensor, y: torch.Tensor, n_train: int, seed: int, name: str,
+           image_shape: tuple[int, int]) -> Dataset:
     """Fixed train/test split: a seeded permutation, first n_train are train."""
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     tr, te = perm[:n_train], perm[n_train:]
-    return Dataset(name, x[tr], y[tr], x[te], y[te], num_classes=10)
+    return Dataset(name, x[tr], y[tr], x[te], y[te], num_classes=10, image_shape=image_shape)
 
 
 # ---- loaders -------------------------------------------------------------------------
@@ -89,7 +91,7 @@ def load_mnist_5k(cfg: DataConfig) -> Dataset:
     if cfg.train_size >= len(x):
         raise ConfigError(f"data.train_size: must be < {len(x)} for mnist-5k "
                           f"(the rest is the test split), got {cfg.train_size}")
-    return _split(x, y, cfg.train_size, cfg.split_seed, "mnist-5k")
+    return _split(x, y, cfg.train_size, cfg.split_seed, "mnist-5k", (28, 28))
 
 
 def load_digits(cfg: DataConfig) -> Dataset:
@@ -100,7 +102,7 @@ def load_digits(cfg: DataConfig) -> Dataset:
     # The default train_size (4000) is meant for mnist-5k; here fall back to 80 %.
     n_train = cfg.train_size if cfg.train_size < n else int(0.8 * n)
     y = torch.from_numpy(np.asarray(d.target, dtype=np.int64))
-    return _split(_pixels(d.data, 16.0), y, n_train, cfg.split_seed, "digits")
+    return _split(_pixels(d.data, 16.0), y, n_train, cfg.split_seed, "digits", (8, 8))
 
 
 def load_synthetic(cfg: DataConfig, num_classes: int = 10, dim: int = 64,
@@ -162,7 +164,7 @@ def find_idx_files(data_dir: str | Path, names: dict[str, str] = IDX_NAMES,
 def _load_idx_dataset(cfg: DataConfig, name: str, torchvision_dir: str,
                       what: str) -> Dataset:
     paths = find_idx_files(cfg.data_dir, IDX_NAMES, torchvision_dir, what)
-    parts = []
+    parts, shape = [], None
     for split in ("train", "test"):
         img_path, lab_path = paths[f"{split}_images"], paths[f"{split}_labels"]
         images, labels = read_idx(img_path), read_idx(lab_path)
@@ -177,7 +179,8 @@ def _load_idx_dataset(cfg: DataConfig, name: str, torchvision_dir: str,
             raise DataError(f"{lab_path.name}: labels must be 0..9, found "
                             f"{labels.min()}..{labels.max()}; re-download it")
         parts += [_pixels(images, 255.0), torch.from_numpy(labels.astype(np.int64))]
-    return Dataset(name, *parts, num_classes=10)
+        shape = shape if split == "test" else tuple(int(d) for d in images.shape[1:])
+    return Dataset(name, *parts, num_classes=10, image_shape=shape)
 
 
 def load_mnist(cfg: DataConfig) -> Dataset:
@@ -217,7 +220,7 @@ def all_train(ds_name: str) -> Dataset:
     if ds_name != "mnist-5k":
         raise ConfigError(f"--all-train: only mnist-5k, not {ds_name}")
     x, y = _mnist_5k_tensors()
-    return Dataset("mnist-5k", x, y, x[:0], y[:0], num_classes=10)
+    return Dataset("mnist-5k", x, y, x[:0], y[:0], num_classes=10, image_shape=(28, 28))
 
 
 def export_idx(ds: Dataset, out_dir: str | Path) -> dict[str, Path]:

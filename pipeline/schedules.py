@@ -9,6 +9,7 @@ backprop:   the same architecture trained end to end with cross-entropy.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -31,8 +32,8 @@ from pipeline.runtime.roles import setup_process
 def on_device(ds: Dataset, device: str) -> Dataset:
     if device == "cpu":
         return ds
-    return Dataset(ds.name, ds.x_train.to(device), ds.y_train.to(device), ds.x_test.to(device),
-                   ds.y_test.to(device), ds.num_classes)
+    return dataclasses.replace(ds, x_train=ds.x_train.to(device), y_train=ds.y_train.to(device),
+                               x_test=ds.x_test.to(device), y_test=ds.y_test.to(device))
 
 
 def setup_torch(cfg: RunConfig) -> None:

@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+from pipeline.augment import check_augment
 from pipeline.config import RECORD_ONLY_KEYS, RunConfig, to_dict
 from pipeline.datasets import Dataset, load_dataset
 from pipeline.errors import ConfigError
@@ -106,6 +107,7 @@ def claim(cfg: RunConfig) -> None:
 def load_checked_dataset(cfg: RunConfig) -> Dataset:
     ds = load_dataset(cfg.data)
     ds.check_fits(cfg.model.layers)
+    check_augment(cfg.data.augment, ds)
     return ds
 
 
