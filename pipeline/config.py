@@ -100,6 +100,9 @@ class PipelineConfig:
                                  "updates old (-1 = off)", lo=-1)
     max_message_mb: int = opt(256, "largest message a decoder accepts, MiB", lo=1)
     stop_timeout: float = opt(10.0, "seconds children get to exit after stop/Ctrl-C", lo=0.0)
+    restarts: int = opt(0, "times each stage process may be restarted alone, from its last "
+                           "checkpoint, when it dies (local and zmq launchers; 0 = a dead "
+                           "stage stops the run)", lo=0)
 
     @property
     def resuming(self) -> bool:

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 from pipeline.config import RunConfig, from_dict, to_dict
 from pipeline.datasets import Dataset
-from pipeline.processes.supervise import SpawnedChild, run_supervised
+from pipeline.processes.supervise import RestartBudget, SpawnedChild, run_supervised
 from pipeline.runlog import read_summary
 from pipeline.runtime.board import SharedBoard
 from pipeline.runtime.protocol import max_message_bytes
@@ -26,14 +26,14 @@ from pipeline.runtime.roles import role_name, run_process
 from pipeline.transport.local import ShmChannel
 
 def child_main(role: str, index: int, cfg_dict: dict, inbox, outbox, board_array, stop,
-               errors, dataset, run_start) -> None:
+               errors, dataset, run_start, restarts: int = 0) -> None:
     """Entry point of every local child (importable by name: spawn pickles it so)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     should_stop = lambda: stop.is_set() or os.getppid() != parent  # noqa: E731
     try:
         run_process(role, index, from_dict(cfg_dict), inbox, outbox, SharedBoard(board_array),
-                    should_stop, dataset=dataset, run_start=run_start)
+                    should_stop, dataset=dataset, run_start=run_start, restarts=restarts)
     except BaseException as exc:
         errors.put((role_name(role, index), f"{type(exc).__name__}: {exc}",
                     traceback.format_exc()))
@@ -42,19 +42,31 @@ def child_main(role: str, index: int, cfg_dict: dict, inbox, outbox, board_array
 
 def train_local(cfg: RunConfig, ds: Dataset) -> dict:
     ctx = mp.get_context("spawn")
-    K = cfg.n_layers
+    K, p = cfg.n_layers, cfg.pipeline
     size = max_message_bytes(cfg, ds.num_classes)
-    hops = [ShmChannel(ctx, cfg.pipeline.queue_size, size, cfg.pipeline.max_message_bytes)
-            for _ in range(K + 1)]
+    # A hop between two stages can lose either end: a spare ring per restart of each.
+    hops = [ShmChannel(ctx, p.queue_size, size, p.max_message_bytes,
+                       generations=1 + 2 * p.restarts) for _ in range(K + 1)]
     board = ctx.Array("q", K, lock=False)
     stop, errors = ctx.Event(), ctx.Queue()
     cfg_dict, run_start = to_dict(cfg), time.time()
+
+    def child(role: str, index: int, inbox, outbox, restarts: int = 0) -> SpawnedChild:
+        d = cfg_dict if not restarts else {**cfg_dict, "pipeline": {**cfg_dict["pipeline"],
+                                                                    "resume": "true"}}
+        args = (role, index, d, inbox, outbox, board, stop, errors,
+                ds if role == "source" else None, run_start, restarts)
+        return SpawnedChild(ctx.Process(target=child_main, name=role_name(role, index),
+                                        args=args), stop)
+
+    def restart_stage(dead: SpawnedChild, attempt: int) -> SpawnedChild | None:
+        k = int(dead.name.split()[1])
+        if not (hops[k].replace_end() and hops[k + 1].replace_end()):
+            return None
+        return child("stage", k, hops[k], hops[k + 1], restarts=attempt)
+
     specs = [("source", 0, None, hops[0])] + [("stage", k, hops[k], hops[k + 1])
                                               for k in range(K)] + [("sink", 0, hops[K], None)]
-    start = (SpawnedChild(ctx.Process(target=child_main, name=role_name(role, index),
-                                      args=(role, index, cfg_dict, inbox, outbox, board, stop,
-                                            errors, ds if role == "source" else None,
-                                            run_start)), stop)
-             for role, index, inbox, outbox in specs)
-    run_supervised(start, -1, cfg.pipeline.stop_timeout, errors)
+    run_supervised((child(*spec) for spec in specs), -1, p.stop_timeout, errors,
+                   RestartBudget(p.restarts, restart_stage, p.stop_timeout))
     return read_summary(cfg.out)

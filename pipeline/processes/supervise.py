@@ -149,23 +149,34 @@ def _reported(errors) -> dict[str, str]:
     return out
 
 
-def first_failure(children: list[Child], errors=None) -> str | None:
+def failures(children: list[Child], errors=None) -> list[tuple[int, str]]:
+    """(position, why) of every child that failed: it reported an error or exited badly."""
     reported = _reported(errors)
-    for c in children:
+    out = []
+    for i, c in enumerate(children):
         code = c.exitcode()
         if c.name in reported or code not in (None, 0):
-            why = reported.get(c.name) or describe_exit(code)
-            return f"{c.name} died ({why}); stopped the other processes"
+            out.append((i, reported.get(c.name) or describe_exit(code)))
+    return out
+
+
+def first_failure(children: list[Child], errors=None) -> str | None:
+    for i, why in failures(children, errors)[:1]:
+        return f"{children[i].name} died ({why}); stopped the other processes"
     return None
 
 
-def supervise(children: list[Child], done: Child, errors=None) -> None:
-    """Block until `done` exits 0; raise StageFailed as soon as any child fails."""
+def supervise(children: list[Child], done: Child, errors=None, restart=None) -> None:
+    """Block until `done` exits 0. A child that fails is replaced by `restart(child,
+    why)` when that returns one; otherwise StageFailed is raised at once."""
     while True:
         _wait(children)
-        failure = first_failure(children, errors)
-        if failure:
-            raise StageFailed(failure)
+        for i, why in failures(children, errors):
+            again = restart(children[i], why) if restart else None
+            if again is None:
+                raise StageFailed(f"{children[i].name} died ({why}); stopped the other "
+                                  f"processes")
+            children[i] = again
         if done.exitcode() == 0:
             return
 
@@ -189,6 +200,30 @@ def collect(children: list[Child], results, count: int, timeout: float) -> list:
     return out
 
 
+class RestartBudget:
+    """Which failed children may be restarted alone: stages, at most `per_stage` times
+    each. `make(child, attempt)` builds (and starts) the replacement, or returns None."""
+
+    def __init__(self, per_stage: int, make, timeout: float):
+        self.per_stage, self.make, self.timeout = per_stage, make, timeout
+        self.used: dict[str, int] = {}
+
+    def __call__(self, child: Child, why: str) -> Child | None:
+        attempt = self.used.get(child.name, 0) + 1
+        if not child.name.startswith("stage ") or attempt > self.per_stage:
+            return None
+        child.join(self.timeout)  # it reported an error and is on its way out
+        if child.exitcode() is None:
+            child.kill()
+            child.join(5.0)
+        again = self.make(child, attempt)
+        if again is not None:
+            self.used[child.name] = attempt
+            log.warning("%s died (%s); restarted it alone from its last checkpoint "
+                        "(restart %d of %d)", child.name, why, attempt, self.per_stage)
+        return again
+
+
 def shutdown(children: list[Child], timeout: float, ask: bool = True) -> None:
     """Ask every child to stop (unless they were told by message), wait up to `timeout`
     seconds for all of them, then terminate and finally kill what is left."""
@@ -208,7 +243,7 @@ def shutdown(children: list[Child], timeout: float, ask: bool = True) -> None:
             c.join(5.0)
 
 
-def run_supervised(start, done: int, timeout: float, errors=None) -> None:
+def run_supervised(start, done: int, timeout: float, errors=None, restart=None) -> None:
     """Start the children `start` yields (each is started as it is made), `supervise`
     until children[done] exits cleanly, then stop everyone: on success the children were
     told by message and get `timeout` seconds to exit; on a failure, Ctrl-C or SIGTERM
@@ -216,7 +251,7 @@ def run_supervised(start, done: int, timeout: float, errors=None) -> None:
     children: list[Child] = []
     try:
         children.extend(start)
-        supervise(children, children[done], errors)
+        supervise(children, children[done], errors, restart)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             log.info("interrupted: stopping every process (checkpoints are flushed)")

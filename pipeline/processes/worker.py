@@ -41,14 +41,15 @@ def take_flags(argv: list[str], names: tuple[str, ...]) -> tuple[dict, list[str]
 
 
 def parse_worker_args(argv: list[str], environ=os.environ):
-    """-> (role, index, cfg); role and index are None under torchrun."""
-    flags, rest = take_flags(argv, ("role", "index"))
+    """-> (role, index, restarts, cfg); role and index are None under torchrun.
+    `--restart N`: this worker replaces one that died (the launcher counts them)."""
+    flags, rest = take_flags(argv, ("role", "index", "restart"))
     role = flags.get("role", environ.get("FFPIPE_ROLE"))
     index = flags.get("index", environ.get("FFPIPE_INDEX", "0"))
     path, overrides = parse_overrides(rest)
     cfg = load_config(path or environ.get("FFPIPE_CONFIG"), env_overrides(environ) + overrides)
     if "RANK" in environ and cfg.pipeline.transport == "dist":
-        return None, None, cfg
+        return None, None, 0, cfg
     if role not in ROLES:
         raise ConfigError(f"--role: give one of {', '.join(ROLES)} (or FFPIPE_ROLE)")
     try:
@@ -58,15 +59,18 @@ def parse_worker_args(argv: list[str], environ=os.environ):
     K = cfg.n_layers
     if role == "stage" and not 0 <= index < K:
         raise ConfigError(f"--index: stage index must be in 0..{K - 1} for {K} layers")
-    return role, index, cfg
+    restarts = flags.get("restart", "0")
+    if not restarts.isdigit():
+        raise ConfigError(f"--restart: expected a count, got {restarts!r}")
+    return role, index, int(restarts), cfg
 
 
 def worker_main(argv: list[str], environ=os.environ) -> int:
-    role, index, cfg = parse_worker_args(argv, environ)
+    role, index, restarts, cfg = parse_worker_args(argv, environ)
     if cfg.pipeline.transport == "dist":
         dist.run_rank(cfg)
         return 0
     if cfg.pipeline.transport == "zmq":
-        return zmq.serve(role, index, cfg)
+        return zmq.serve(role, index, cfg, restarts)
     raise ConfigError("ffpipe worker runs the zmq or dist transport; set --transport zmq "
                       "(local runs use `ffpipe train`)")

@@ -18,7 +18,7 @@ from torch.distributed import TCPStore
 
 from pipeline.config import NetConfig, RunConfig
 from pipeline.processes.run_dir import load_checked_dataset, write_run_config
-from pipeline.processes.supervise import PopenChild, run_supervised
+from pipeline.processes.supervise import PopenChild, RestartBudget, run_supervised
 from pipeline.runlog import read_summary
 from pipeline.runtime.board import StampBoard, StoreBoard, publish_interval
 from pipeline.runtime.roles import role_name, run_process, stop_on_signals
@@ -88,8 +88,9 @@ def version_board(role: str, cfg: RunConfig):
         publish_interval(cfg.train.log_every))
 
 
-def serve(role: str, index: int, cfg: RunConfig) -> int:
-    """The body of one zmq worker process."""
+def serve(role: str, index: int, cfg: RunConfig, restarts: int = 0) -> int:
+    """The body of one zmq worker process (`restarts`: how often this role was restarted
+    before, for its start record)."""
     should_stop = stop_on_signals()
     dataset = None
     if role == "source":
@@ -97,19 +98,27 @@ def serve(role: str, index: int, cfg: RunConfig) -> int:
         write_run_config(cfg)
     inbox, outbox = zmq_channels(role, index, cfg)
     run_process(role, index, cfg, inbox, outbox, version_board(role, cfg), should_stop,
-                dataset=dataset)
+                dataset=dataset, restarts=restarts)
     return 0
 
 
 def train_zmq(cfg: RunConfig) -> dict:
     """Start the sink, every stage and the source as `ffpipe worker` processes on this
-    machine (downstream first: not required, zmq reconnects, but tidy) and supervise."""
+    machine (downstream first: not required, zmq reconnects, but tidy) and supervise. A
+    stage that dies may be restarted alone (`pipeline.restarts`): zmq reconnects it to
+    its neighbours; the messages that were in flight to it are lost."""
     # -P: a pipeline.py in the working directory cannot shadow the installed package.
     base = [sys.executable, "-P", "-m", "pipeline", "worker", "--config",
             f"{cfg.out}/config.json"]
+
+    def worker(role: str, index: int, restarts: int = 0) -> PopenChild:
+        again = ["--pipeline.resume=true", "--restart", str(restarts)] if restarts else []
+        return PopenChild(role_name(role, index),
+                          base + ["--role", role, "--index", str(index), *again])
+
     roles = [("sink", 0)] + [("stage", k) for k in reversed(range(cfg.n_layers))] + [
         ("source", 0)]
-    start = (PopenChild(role_name(role, index), base + ["--role", role, "--index", str(index)])
-             for role, index in roles)
-    run_supervised(start, 0, cfg.pipeline.stop_timeout)
+    restart = RestartBudget(cfg.pipeline.restarts, lambda dead, attempt: worker(
+        "stage", int(dead.name.split()[1]), attempt), cfg.pipeline.stop_timeout)
+    run_supervised((worker(*r) for r in roles), 0, cfg.pipeline.stop_timeout, restart=restart)
     return read_summary(cfg.out)

@@ -6,6 +6,7 @@ progress bar, and writes summary.json when the stop arrives.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -197,6 +198,11 @@ class Sink:
             summary["train_samples"] = min(s.get("samples", 0) for s in stages)
             summary["staleness_exact"] = all(s.get("staleness_exact", False)
                                              for s in stages[1:])
+            summary["restarts"] = {f"stage {s['stage']}": s["restarts"] for s in stages
+                                   if s.get("restarts")}
+            summary["messages_lost"] = sum(s.get("gaps", 0) for s in stages)
+            summary["pids"] = {"source": self.source_stats.get("pid"), "sink": os.getpid(),
+                               **{f"stage {s['stage']}": s.get("pid") for s in stages}}
             if not summary["staleness_exact"]:
                 log.warning("staleness was measured from version stamps only (no version "
                             "board reached): the values are lower bounds")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 
 import torch
@@ -93,7 +94,7 @@ class Source:
                 self.save(done)
         self.send_eval(self.total, final=True)
         self.flow.send(ctrl("stop", step=self.total,
-                            source={"cpu_seconds": time.process_time()}))
+                            source={"cpu_seconds": time.process_time(), "pid": os.getpid()}))
 
     def probe(self) -> torch.Tensor:
         return probe_inputs(self.ds.x_train, self.ds.y_train, self.cfg, self.C)

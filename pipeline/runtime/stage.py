@@ -249,5 +249,6 @@ class StageWorker:
                 "gaps": self.flow.inbox.gaps,
                 "mean_staleness": self.stale_total / max(self.stale_count, 1),
                 "staleness_exact": self.board.exact, "resent": self.resent,
+                "restarts": self.restarts, "pid": os.getpid(),
                 "cpu_seconds": time.process_time(),
                 "drift": self.monitor.summary()}

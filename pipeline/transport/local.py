@@ -21,6 +21,8 @@ checks every length against the slot (or body) before it trusts any of them.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -33,6 +35,7 @@ ALIGN = 64
 LAYOUT_ROOM = ALIGN * (MAX_TENSORS + 2) + 8 * MAX_TENSORS
 OVERSIZE = (1 << 64) - 1
 SIDE_WAIT_S = 10.0  # how long a receiver waits for an oversize body its slot announced
+FOLLOW_S = 0.25     # a waiting receiver checks this often whether its sender was replaced
 
 
 def _aligned(n: int) -> int:
@@ -81,28 +84,56 @@ def _unpack(area: np.ndarray) -> list[np.ndarray]:
 
 class ShmChannel(Channel):
     """One hop of the local transport; picklable to spawned children. `message_bytes`:
-    the largest message (header and tensors) a slot must hold."""
+    the largest message (header and tensors) a slot must hold.
 
-    def __init__(self, ctx, slots: int, message_bytes: int, max_bytes: int):
+    `generations` > 1 lets the hop survive the death of one end: the launcher calls
+    `replace_end()` before it starts the replacement process, which attaches to a fresh
+    ring. The live end follows on its next call: a live sender moves to the new ring at
+    once (what the dead receiver had not taken is lost, and shows as sequence gaps); a
+    live receiver first takes every message the dead sender had posted, then moves. A
+    half-written slot was never posted, so it is never read.
+    """
+
+    def __init__(self, ctx, slots: int, message_bytes: int, max_bytes: int,
+                 generations: int = 1):
         super().__init__()
         self.slot_bytes = _aligned(message_bytes + LAYOUT_ROOM)
         self.slots = slots
         self.max_bytes = max_bytes
-        self.buf = torch.empty(slots * self.slot_bytes, dtype=torch.uint8).share_memory_()
-        self.free = ctx.Semaphore(slots)
-        self.full = ctx.Semaphore(0)
-        self.side_r, self.side_w = ctx.Pipe(duplex=False)  # oversize bodies, raw bytes
+        # Rings are allocated up front (spawned children cannot be handed new shared
+        # memory later); pages of a ring never used are never touched.
+        self.rings = [(torch.empty(slots * self.slot_bytes, dtype=torch.uint8).share_memory_(),
+                       ctx.Semaphore(slots), ctx.Semaphore(0), *ctx.Pipe(duplex=False))
+                      for _ in range(generations)]
+        # [generation, next sequence number to send, next one expected]: what a
+        # replacement end needs to carry on where the dead one stopped.
+        self.shared = torch.zeros(3, dtype=torch.int64).share_memory_()
         self._init_local()
 
     def _init_local(self) -> None:
+        self._use(int(self.shared[0]))
+        self.oversize = 0
+        if int(self.shared[2]):  # a replacement receiver: count what its predecessor lost
+            self._expect_seq = int(self.shared[2])
+
+    def _use(self, generation: int) -> None:
+        """Work on ring `generation` from its start (a fresh ring, or attaching)."""
+        self.g = generation
+        self.buf, self.free, self.full, self.side_r, self.side_w = self.rings[generation]
         self._np = None
         self._w = self._r = 0  # next slot to write (sender) / read (receiver), ring order
-        self.oversize = 0
+
+    def replace_end(self) -> bool:
+        """Launcher side: one end of the hop died and a new process will take its place.
+        False when every spare ring has been used."""
+        if int(self.shared[0]) + 1 >= len(self.rings):
+            return False
+        self.shared[0] += 1
+        return True
 
     def __getstate__(self):
         return {k: getattr(self, k)
-                for k in ("slot_bytes", "slots", "max_bytes", "buf", "free", "full", "side_r",
-                          "side_w")}
+                for k in ("slot_bytes", "slots", "max_bytes", "rings", "shared")}
 
     def __setstate__(self, state):
         Channel.__init__(self)
@@ -119,12 +150,17 @@ class ShmChannel(Channel):
 
     # ---- sender ----------------------------------------------------------------------
     def send(self, msg: Message, timeout: float | None = None) -> bool:
+        if int(self.shared[0]) != self.g:  # the receiver was replaced: its fresh ring
+            self._use(int(self.shared[0]))
+        # Sequence numbers continue across a replaced sender, so losses show as gaps.
+        self._next_seq = max(self._next_seq, int(self.shared[1]))
         frames = encode(self.stamp(msg))
         if not self.free.acquire(True, timeout):
             self._next_seq -= 1
             self.sent -= 1
             return False
         self.write_slot(frames[0], frames[1:])
+        self.shared[1] = self._next_seq
         return True
 
     def write_slot(self, header: bytes, buffers: list) -> None:
@@ -148,7 +184,11 @@ class ShmChannel(Channel):
     # ---- receiver --------------------------------------------------------------------
     def recv(self, timeout: float | None = None) -> Message | None:
         while True:
-            if not self.full.acquire(True, timeout):
+            if int(self.shared[0]) != self.g:  # the sender was replaced
+                if not self.full.acquire(False):  # all it posted has been taken
+                    self._use(int(self.shared[0]))
+                    continue
+            elif not self._acquire_full(timeout):
                 return None
             base = self._r % self.slots * self.slot_bytes
             self._r += 1
@@ -163,7 +203,22 @@ class ShmChannel(Channel):
                 continue
             finally:
                 self.free.release()  # copied out (or refused): the slot is the sender's again
-            return self.account(msg)
+            self.account(msg)
+            self.shared[2] = self._expect_seq
+            return msg
+
+    def _acquire_full(self, timeout: float | None) -> bool:
+        """Wait for a posted slot, in slices, so a replaced sender is noticed while waiting."""
+        if timeout is not None and timeout <= FOLLOW_S:
+            return self.full.acquire(True, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = FOLLOW_S if deadline is None else min(FOLLOW_S, deadline - time.monotonic())
+            if self.full.acquire(True, max(left, 0)):
+                return True
+            if int(self.shared[0]) != self.g or (deadline is not None and
+                                                 time.monotonic() >= deadline):
+                return False
 
     def _decode(self, area: np.ndarray) -> Message:
         header, *buffers = _unpack(area)

@@ -1,6 +1,8 @@
 """The local shared-memory channel driven from one process (send, then recv, same
 process): ring order, slot reuse, the oversize path, timeouts, and hostile slots."""
 
+import copy
+
 import msgpack
 import pytest
 import torch
@@ -134,3 +136,42 @@ def test_shm_hostile_slot_is_rejected_counted_and_next_message_arrives(channel, 
     assert got is not None and got.tensors["x"].tolist() == [0.0, 1.0, 2.0]
     assert ch.rejected == 1 and ch.received == 1
     assert slots_all_free(ch)
+
+
+def end(hop):
+    """Another process's end of the same hop (what spawn hands a child)."""
+    return copy.copy(hop)
+
+
+def two_generations() -> ShmChannel:
+    return ShmChannel(torch.multiprocessing.get_context("spawn"), slots=4, message_bytes=256,
+                      max_bytes=CAP, generations=2)
+
+
+def test_a_replaced_sender_continues_and_the_receiver_takes_what_the_dead_one_posted():
+    hop = two_generations()
+    sender, receiver = end(hop), end(hop)
+    for i in range(2):
+        assert sender.send(Message(kind="train", meta={"i": i}), timeout=5)
+    del sender                                  # it dies; the launcher starts another
+    assert hop.replace_end()
+    again = end(hop)
+    assert again.send(Message(kind="train", meta={"i": 2}), timeout=5)
+    got = [receiver.recv(timeout=5) for _ in range(3)]
+    assert [m.meta["i"] for m in got] == [0, 1, 2] and [m.seq for m in got] == [0, 1, 2]
+    assert receiver.gaps == 0
+
+
+def test_a_replaced_receiver_gets_new_messages_and_counts_the_lost_ones_as_gaps():
+    hop = two_generations()
+    sender, receiver = end(hop), end(hop)
+    for i in range(3):
+        assert sender.send(Message(kind="train", meta={"i": i}), timeout=5)
+    assert receiver.recv(timeout=5).meta == {"i": 0}
+    del receiver                     # dies holding messages 1 and 2, never read
+    assert hop.replace_end()
+    again = end(hop)
+    assert sender.send(Message(kind="train", meta={"i": 3}), timeout=5)
+    got = again.recv(timeout=5)
+    assert got.meta == {"i": 3} and again.gaps == 2
+    assert not hop.replace_end()     # no spare ring left: the launcher gives up instead
