@@ -128,6 +128,9 @@ class StageWorker:
 
     # ---- message kinds ---------------------------------------------------------------
     def on_train(self, msg: Message) -> Message | None:
+        for name in ("neutral", "feats"):  # the head's rows too, before any step is taken
+            if name in msg.tensors:
+                expect(msg, name)
         if msg.meta["step"] <= self.trained_upto:
             return self.forward_only(msg)
         stale = self.board.staleness(msg.versions)
@@ -246,7 +249,7 @@ class StageWorker:
         return {"stage": self.k, "samples": self.samples, "version": self.trainer.version,
                 "samples_per_s": self.samples / max(elapsed, 1e-9), "drops": self.drops,
                 "stale_drops": self.stale_drops, "rejected": self.flow.inbox.rejected,
-                "gaps": self.flow.inbox.gaps,
+                "gaps": self.flow.inbox.gaps, "skipped_steps": self.trainer.skipped_steps,
                 "mean_staleness": self.stale_total / max(self.stale_count, 1),
                 "staleness_exact": self.board.exact, "resent": self.resent,
                 "restarts": self.restarts, "pid": os.getpid(),
