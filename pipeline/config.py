@@ -72,6 +72,15 @@ class TrainConfig:
     )
     negatives: str = opt("random", "wrong labels for negatives", choices=("random", "hard"))
     peer_lambda: float = opt(0.0, "peer-normalization strength (0 = off)", lo=0.0)
+    loss: str = opt("ff", "layer loss: ff = softplus(theta - g_pos) + softplus(g_neg - theta); "
+                          "symba = softplus(-alpha * (g_pos - g_neg)) (SymBa, pairwise)",
+                    choices=("ff", "symba"))
+    symba_alpha: float = opt(0.0, "symba: alpha; 0 = 4 / theta (scale-free: theta is the "
+                                  "layer's width for sum goodness)", lo=0.0)
+    precision: str = opt("auto", "matmul precision of the FF layers (weights, optimizer, "
+                                 "goodness and loss stay float32); auto = bf16 where the "
+                                 "hardware has fast bf16 matmuls, else fp32",
+                         choices=("auto", "fp32", "bf16", "fp16"))
     head_lr: float = opt(1e-3, "learning rate of the softmax head (Adam)", lo=0.0)
     seed: int = opt(0, "seed for init, batches and negatives", lo=0)
     log_every: int = opt(20, "steps between log records", lo=1)
@@ -98,6 +107,9 @@ class PipelineConfig:
     replay: int = opt(0, "per-stage buffer of recent inputs mixed into training (0 = off)", lo=0)
     max_staleness: int = opt(-1, "drop train inputs made by upstream versions more than S "
                                  "updates old (-1 = off)", lo=-1)
+    wire_dtype: str = opt("float32", "dtype of the activations sent between stages "
+                                     "(bfloat16 halves the bytes per hop)",
+                          choices=("float32", "bfloat16"))
     max_message_mb: int = opt(256, "largest message a decoder accepts, MiB", lo=1)
     stop_timeout: float = opt(10.0, "seconds children get to exit after stop/Ctrl-C", lo=0.0)
     restarts: int = opt(0, "times each stage process may be restarted alone, from its last "
