@@ -24,7 +24,11 @@ def normalize(x: torch.Tensor, mode: str = "rms") -> torch.Tensor:
     rms:    x / sqrt(mean(x**2))  -> mean square 1, entries O(1) (Hinton's ffnormrows)
     length: x / ||x||             -> unit length, entries O(1/sqrt(width))
     none:   x unchanged           -> the ablation; goodness leaks through the scale
+
+    Always in float32 (a no-op for float32 input): a layer computed in bfloat16 or a
+    bfloat16 hop hands over its activities, and their statistics need the precision.
     """
+    x = x.float()
     if mode == "rms":
         return x / (x.pow(2).mean(dim=-1, keepdim=True).sqrt() + EPS)
     if mode == "length":
@@ -35,8 +39,9 @@ def normalize(x: torch.Tensor, mode: str = "rms") -> torch.Tensor:
 
 
 def goodness(h: torch.Tensor, kind: str = "sum") -> torch.Tensor:
-    """Per-row goodness: sum (default) or mean of squared activities."""
-    sq = h.pow(2)
+    """Per-row goodness: sum (default) or mean of squared activities, in float32 whatever
+    precision the layer computed `h` in (a bfloat16 sum of 1,000 squares keeps ~3 digits)."""
+    sq = h.float().pow(2)
     return sq.sum(dim=-1) if kind == "sum" else sq.mean(dim=-1)
 
 
@@ -47,6 +52,13 @@ def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, theta: float) -> torch.Ten
     calling positives "above threshold" and negatives "below".
     """
     return (F.softplus(theta - g_pos) + F.softplus(g_neg - theta)).mean()
+
+
+def symba_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, alpha: float) -> torch.Tensor:
+    """softplus(-alpha * (g_pos - g_neg)), averaged: SymBa's pairwise loss (Lee & Song,
+    2023). Each positive is compared with its own negative (the same image, a wrong label),
+    so no threshold is needed and the two terms cannot pull against each other."""
+    return F.softplus(-alpha * (g_pos - g_neg)).mean()
 
 
 def overlay(x: torch.Tensor, labels: torch.Tensor | None, num_classes: int,
@@ -99,19 +111,31 @@ def hard_wrong_labels(scores: torch.Tensor, labels: torch.Tensor,
 
 
 class FFLayer(nn.Module):
-    """Linear + ReLU applied to the normalized input."""
+    """Linear + ReLU applied to the normalized input.
 
-    def __init__(self, d_in: int, d_out: int, normalization: str = "rms"):
+    `compute_dtype` (None = float32) is the precision of the matmul: the weights stay
+    float32 (they are what the optimizer updates) and are cast for each product; the
+    input's normalization statistics are always taken in float32.
+    """
+
+    def __init__(self, d_in: int, d_out: int, normalization: str = "rms",
+                 compute_dtype: torch.dtype | None = None):
         super().__init__()
         self.linear = nn.Linear(d_in, d_out)
         self.normalization = normalization
+        self.compute_dtype = None if compute_dtype == torch.float32 else compute_dtype
         # 1/sqrt(fan_in) normal init (Hinton's code): with rms-normalized inputs the initial
         # pre-activations have unit variance, so goodness starts near width/2.
         nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(d_in))
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.linear(normalize(x, self.normalization)))
+        x = normalize(x, self.normalization)
+        dt = self.compute_dtype
+        if dt is None:
+            return F.relu(self.linear(x))
+        w, b = self.linear.weight, self.linear.bias
+        return F.relu(F.linear(x.to(dt), w.to(dt), b.to(dt)))
 
 
 @torch.no_grad()

@@ -12,12 +12,14 @@ import math
 import numpy as np
 import torch
 
+from pipeline import precision
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
-from pipeline.ff import FFLayer, ff_loss, goodness, normalize
+from pipeline.ff import FFLayer, ff_loss, goodness, normalize, symba_loss
 
 
 LAYER_INIT = 1  # SeedSequence spawn key of layer initialisation (batches use the entropy)
+FP16_SCALE = (2.0 ** 12, 2.0 ** 16, 1000)  # fp16 loss scale: start, cap, good steps to double
 
 
 def make_optimizer(params, train_cfg, lr: float | None = None) -> torch.optim.Optimizer:
@@ -81,12 +83,19 @@ class LayerTrainer:
         self.cfg = cfg
         self.device = torch.device(device)
         self.d_in, self.d_out = m.layers[index], m.layers[index + 1]
+        self.dtype = precision.resolve(cfg.train.precision, self.device)
         with torch.random.fork_rng(devices=[]):  # leaves the caller's generator alone
             torch.manual_seed(layer_seed(cfg.train.seed, index))
-            self.layer = FFLayer(self.d_in, self.d_out, m.normalization)
+            self.layer = FFLayer(self.d_in, self.d_out, m.normalization, self.dtype)
         self.layer.to(self.device)
         self.opt = make_optimizer(self.layer.parameters(), cfg.train)
         self.theta = cfg.thresholds()[index]
+        self.alpha = cfg.train.symba_alpha or 4.0 / self.theta
+        self.wire_dtype = getattr(torch, cfg.pipeline.wire_dtype)
+        # float16 gradients of a mean loss underflow: scale the loss up, the gradients
+        # back down, and halve the scale whenever a step overflows (as torch's GradScaler).
+        self.loss_scale = FP16_SCALE[0] if self.dtype == torch.float16 else 1.0
+        self._good_steps = 0
         self.version = 0           # number of optimizer steps taken: stamped downstream
         self.skipped_steps = 0     # steps not taken: non-finite loss or gradients
         self.peer_mean = torch.zeros(self.d_out, device=self.device)
@@ -110,7 +119,10 @@ class LayerTrainer:
         h = self.layer(torch.cat([pos, neg]))
         h_pos, h_neg = h[:len(pos)], h[len(pos):]
         g_pos, g_neg = goodness(h_pos, kind), goodness(h_neg, kind)
-        loss = ff_loss(g_pos, g_neg, self.theta)
+        if self.cfg.train.loss == "symba":
+            loss = symba_loss(g_pos, g_neg, self.alpha)
+        else:
+            loss = ff_loss(g_pos, g_neg, self.theta)
         peer_mean = None
         if self.cfg.train.peer_lambda > 0:
             term, peer_mean = self._peer_term(h_pos)
@@ -132,11 +144,15 @@ class LayerTrainer:
         step leaves nothing to restore. False: no step taken, gradients cleared."""
         if not math.isfinite(loss_value):
             return False
-        loss.backward()
+        (loss * self.loss_scale if self.loss_scale != 1.0 else loss).backward()
         params = [p for p in self.layer.parameters() if p.grad is not None]
         if not _sum_sq_finite([p.grad for p in params]):
             self.opt.zero_grad(set_to_none=True)
+            self._rescale(overflow=True)
             return False
+        if self.loss_scale != 1.0:
+            torch._foreach_div_([p.grad for p in params], self.loss_scale)
+            self._rescale(overflow=False)
         self.opt.step()
         # Finite weights and gradients with finite squares give finite weights (Adam's
         # update is at most a few lr; SGD's a bounded multiple of the gradients): the
@@ -146,6 +162,17 @@ class LayerTrainer:
                 f"layer {self.index}: non-finite weights after a step with finite loss and "
                 f"gradients (lr {self.opt.param_groups[0]['lr']}); this is a bug")
         return True
+
+    def _rescale(self, overflow: bool) -> None:
+        if self.dtype != torch.float16:
+            return
+        start, cap, every = FP16_SCALE
+        if overflow:
+            self.loss_scale, self._good_steps = max(self.loss_scale / 2, 1.0), 0
+            return
+        self._good_steps += 1
+        if self._good_steps >= every:
+            self.loss_scale, self._good_steps = min(self.loss_scale * 2, cap), 0
 
     def _peer_term(self, h_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hinton's peer normalization: push each unit's running mean activity toward
@@ -159,9 +186,10 @@ class LayerTrainer:
         return self.layer(x)
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
-        """What this layer sends on: its activity, normalized (`forward` and `train_step`
-        already give detached activities)."""
-        return normalize(h, self.cfg.model.normalization)
+        """What this layer sends on: its activity, normalized, in the wire dtype (`forward`
+        and `train_step` already give detached activities). Every schedule rounds here,
+        so lockstep stays the pipeline's exact twin with a bfloat16 wire too."""
+        return normalize(h, self.cfg.model.normalization).to(self.wire_dtype)
 
     def goodness(self, h: torch.Tensor) -> torch.Tensor:
         return goodness(h, self.cfg.model.goodness)
@@ -169,6 +197,7 @@ class LayerTrainer:
     def state_dict(self) -> dict:
         return {"layer": self.layer.state_dict(), "opt": self.opt.state_dict(),
                 "version": self.version, "peer_mean": self.peer_mean.cpu(),
+                "loss_scale": self.loss_scale,
                 "index": self.index, "shape": [self.d_in, self.d_out]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -180,3 +209,4 @@ class LayerTrainer:
         self.opt.load_state_dict(state["opt"])
         self.version = int(state["version"])
         self.peer_mean = state["peer_mean"].to(self.device)
+        self.loss_scale = float(state.get("loss_scale", self.loss_scale))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline import precision
 from pipeline.config import RunConfig
 from pipeline.drift.tensorboard import TensorBoardMirror
 from pipeline.provenance import provenance
@@ -30,7 +31,12 @@ def base_summary(cfg: RunConfig) -> dict:
     return {"schedule": cfg.train.schedule, "dataset": cfg.data.dataset,
             "layers": cfg.model.layers, "normalization": cfg.model.normalization,
             "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
-            "seed": cfg.train.seed, "provenance": run_provenance(Path(cfg.out))}
+            "seed": cfg.train.seed, "loss": cfg.train.loss,
+            # What `auto` became on the device of the single-process schedules / stage 0.
+            "precision": precision.name(cfg.train.precision, (cfg.pipeline.devices or
+                                                              [cfg.train.device])[0]),
+            "wire_dtype": cfg.pipeline.wire_dtype,
+            "provenance": run_provenance(Path(cfg.out))}
 
 
 def train_record(*, stage: int, step: int, source_step: int, time: float, samples: int,

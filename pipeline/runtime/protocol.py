@@ -35,10 +35,11 @@ META_SCHEMA = {
 }
 START_SCHEMA = {"classes": int, "total_samples": int, "done_samples": int, "step": int}
 
-# What every tensor a role takes must be: activations (and the eval accumulator) are
-# float32, labels int64. Any other dtype the wire allows would reach a matmul and crash.
-TENSOR_DTYPES = {"y": torch.int64}
-ACTIVATION_DTYPE = torch.float32
+# What every tensor a role takes must be: labels int64, the eval accumulator float32,
+# activations float32 or bfloat16 (`pipeline.wire_dtype`). Any other dtype the wire
+# allows would reach a matmul and crash.
+TENSOR_DTYPES = {"y": (torch.int64,), "acc": (torch.float32,)}
+ACTIVATION_DTYPES = (torch.float32, torch.bfloat16)
 
 # Room for the msgpack header (a few hundred bytes; meta of a stop message with every
 # stage's final stats is the largest, a few KiB) on top of the tensor bytes.
@@ -86,9 +87,10 @@ def expect(msg: Message, name: str, width: int | None = None, rows: int | None =
                         f"expected {ndim}-d" + (f" with width {width}" if width else "")
                         + (f" and {rows} rows" if rows is not None else "")
                         + "; are all workers started with the same --layers?")
-    want = TENSOR_DTYPES.get(name, ACTIVATION_DTYPE)
-    if t.dtype != want:
-        raise WireError(f"{msg.kind} message: tensor {name!r} is {t.dtype}, expected {want}")
+    want = TENSOR_DTYPES.get(name, ACTIVATION_DTYPES)
+    if t.dtype not in want:
+        raise WireError(f"{msg.kind} message: tensor {name!r} is {t.dtype}, expected "
+                        + " or ".join(str(d) for d in want))
     if t.is_floating_point() and not all_finite(t):
         raise WireError(f"{msg.kind} message: tensor {name!r} holds NaN or Inf")
     return t
@@ -105,8 +107,9 @@ def all_finite(t: torch.Tensor) -> bool:
 
 
 def max_message_bytes(cfg: RunConfig, num_classes: int) -> int:
-    """The largest message any hop carries under this config (float32 activations,
-    int64 labels): what a local slot must hold."""
+    """The largest message any hop carries under this config (float32 activations: the
+    source sends float32 whatever the wire dtype; int64 labels): what a local slot must
+    hold."""
     w, B, C = cfg.model.layers, cfg.train.batch_size, num_classes
     d, feats = max(w[:-1]), sum(w[2:])
     head = cfg.model.head

@@ -13,14 +13,14 @@ ROOT = Path(pipeline.__file__).parent
 LAYERS = [
     ("config", ["errors", "config", "overrides", "provenance"]),
     ("maths, data, run logs, drift", [
-        "allocator", "augment", "ff", "layer_trainer", "evaluation", "linear_probes", "datasets", "idx",
+        "allocator", "augment", "precision", "ff", "layer_trainer", "evaluation", "linear_probes", "datasets", "idx",
         "batches", "runlog", "records", "drift", "drift.metrics", "drift.monitor",
         "drift.page_hinkley", "drift.probe_set", "drift.tensorboard"]),
     ("wire", ["wire"]),
     ("transport", ["transport", "transport.*"]),
     ("runtime", ["runtime", "runtime.*"]),
     ("launching, schedules", ["processes", "processes.*", "schedules", "recorder"]),
-    ("tools", ["compare", "bench", "bench.*", "drift.report"]),
+    ("tools", ["compare", "sweep", "bench", "bench.*", "drift.report"]),
     ("entry points", ["", "cli", "__main__", "launch_info"]),
 ]
 
