@@ -88,13 +88,20 @@ class BatchStream:
 
     def hard_labels(self, epoch: int, layers: list, skip: int) -> torch.Tensor:
         """Per-image wrong labels sampled from the model's own label scores on the whole
-        training set (Hinton's hard negatives), from the epoch's own HARD generator so
-        drawing them never shifts the batch stream."""
+        training set (Hinton's hard negatives): `layers` score every image now."""
         m = self.cfg.model
         scores = label_scores(layers, self.ds.x_train, self.C, strength=self.strength,
                               skip=skip, kind=m.goodness)
+        widths = [l.linear.out_features for l in layers[skip:]]
+        return self.hard_from_scores(epoch, scores, sum(widths))
+
+    def hard_from_scores(self, epoch: int, scores: torch.Tensor, width: int) -> torch.Tensor:
+        """Per-image wrong labels sampled in proportion to softmax(scores) over the wrong
+        labels, from the epoch's own HARD generator so drawing them never shifts the batch
+        stream. `scores` [n, C] are goodness sums over layers of `width` units in all;
+        equal scores (an image not scored yet) give a uniform wrong label."""
         # Goodness sums are O(width); scale so the softmax is not a hard argmax.
-        scores = scores / max(sum(l.linear.out_features for l in layers[skip:]), 1) * 10
+        scores = scores / max(width, 1) * 10
         return hard_wrong_labels(scores, self.ds.y_train,
                                  epoch_generator(self.seed, epoch, HARD))
 

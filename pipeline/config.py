@@ -70,7 +70,11 @@ class TrainConfig:
         "linear-decay", "constant, or linear decay to 0 over the second half (Hinton)",
         choices=("constant", "linear-decay"),
     )
-    negatives: str = opt("random", "wrong labels for negatives", choices=("random", "hard"))
+    negatives: str = opt("random", "wrong labels for negatives: random (uniform over the "
+                                   "wrong ones) or hard (sampled from the model's own label "
+                                   "scores)", choices=("random", "hard"))
+    hard_refresh_epochs: int = opt(1, "hard negatives, pipelined: epochs over which the source "
+                                      "re-scores the whole training set", lo=1)
     peer_lambda: float = opt(0.0, "peer-normalization strength (0 = off)", lo=0.0)
     loss: str = opt("ff", "layer loss: ff = softplus(theta - g_pos) + softplus(g_neg - theta); "
                           "symba = softplus(-alpha * (g_pos - g_neg)) (SymBa, pairwise)",
@@ -300,10 +304,6 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"got {m.skip_layers}")
     if m.head and n_layers < 2:
         raise ConfigError("model.head: needs at least 2 layers (it reads layers 1..)")
-    if t.schedule == "pipelined" and t.negatives == "hard":
-        raise ConfigError("train.negatives: 'hard' needs the whole model's label scores at "
-                          "the source, which a pipeline does not have; use random, or the "
-                          "lockstep / sequential schedule")
     if p.devices and len(p.devices) != n_layers:
         raise ConfigError(f"pipeline.devices: give one device per layer ({n_layers}), "
                           f"got {len(p.devices)}")

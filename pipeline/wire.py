@@ -25,7 +25,7 @@ import torch
 from pipeline.errors import UserError
 
 WIRE_VERSION = 1
-KINDS = ("train", "eval", "probe", "ctrl")  # what each kind must carry: runtime/protocol.py
+KINDS = ("train", "eval", "probe", "ctrl", "score", "scores")  # what each must carry: runtime/protocol.py
 DTYPES = {
     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
     "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,

@@ -27,6 +27,7 @@ from pipeline.runlog import read_summary
 from pipeline.runtime.board import StoreBoard, publish_interval
 from pipeline.runtime.roles import run_process, stop_on_signals
 from pipeline.transport.dist_channel import DistChannel
+from pipeline.transport.store_channel import StoreChannel
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,14 @@ def run_rank(cfg: RunConfig) -> dict | None:
                                                    device=device)
         outbox = None if rank == K + 1 else DistChannel(rank + 1, role="send", max_bytes=cap,
                                                         device=device)
-        board = StoreBoard(distributed_c10d._get_default_store(),
-                           publish_interval(cfg.train.log_every))
+        store = distributed_c10d._get_default_store()
+        board = StoreBoard(store, publish_interval(cfg.train.log_every))
+        # Hard negatives: scores go back through the job's store, never a blocking send
+        # upstream (see transport.store_channel).
+        feedback = (StoreChannel(store, "scores", max_bytes=cap)
+                    if cfg.train.negatives == "hard" and role in ("source", "sink") else None)
         run_process(role, index, cfg, inbox, outbox, board, should_stop, dataset=dataset,
-                    restarts=restarts)
+                    restarts=restarts, feedback=feedback)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -21,19 +21,20 @@ from pipeline.datasets import Dataset
 from pipeline.processes.supervise import RestartBudget, SpawnedChild, run_supervised
 from pipeline.runlog import read_summary
 from pipeline.runtime.board import SharedBoard
-from pipeline.runtime.protocol import max_message_bytes
+from pipeline.runtime.protocol import feedback_message_bytes, max_message_bytes
 from pipeline.runtime.roles import role_name, run_process
 from pipeline.transport.local import ShmChannel
 
 def child_main(role: str, index: int, cfg_dict: dict, inbox, outbox, board_array, stop,
-               errors, dataset, run_start, restarts: int = 0) -> None:
+               errors, dataset, run_start, restarts: int = 0, feedback=None) -> None:
     """Entry point of every local child (importable by name: spawn pickles it so)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     should_stop = lambda: stop.is_set() or os.getppid() != parent  # noqa: E731
     try:
         run_process(role, index, from_dict(cfg_dict), inbox, outbox, SharedBoard(board_array),
-                    should_stop, dataset=dataset, run_start=run_start, restarts=restarts)
+                    should_stop, dataset=dataset, run_start=run_start, restarts=restarts,
+                    feedback=feedback)
     except BaseException as exc:
         errors.put((role_name(role, index), f"{type(exc).__name__}: {exc}",
                     traceback.format_exc()))
@@ -47,6 +48,9 @@ def train_local(cfg: RunConfig, ds: Dataset) -> dict:
     # A hop between two stages can lose either end: a spare ring per restart of each.
     hops = [ShmChannel(ctx, p.queue_size, size, p.max_message_bytes,
                        generations=1 + 2 * p.restarts) for _ in range(K + 1)]
+    # Hard negatives: the sink's scores go back to the source over one more ring.
+    feedback = (ShmChannel(ctx, p.queue_size, feedback_message_bytes(cfg, ds.num_classes),
+                           p.max_message_bytes) if cfg.train.negatives == "hard" else None)
     board = ctx.Array("q", K, lock=False)
     stop, errors = ctx.Event(), ctx.Queue()
     cfg_dict, run_start = to_dict(cfg), time.time()
@@ -55,7 +59,8 @@ def train_local(cfg: RunConfig, ds: Dataset) -> dict:
         d = cfg_dict if not restarts else {**cfg_dict, "pipeline": {**cfg_dict["pipeline"],
                                                                     "resume": "true"}}
         args = (role, index, d, inbox, outbox, board, stop, errors,
-                ds if role == "source" else None, run_start, restarts)
+                ds if role == "source" else None, run_start, restarts,
+                feedback if role in ("source", "sink") else None)
         return SpawnedChild(ctx.Process(target=child_main, name=role_name(role, index),
                                         args=args), stop)
 

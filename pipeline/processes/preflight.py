@@ -55,12 +55,14 @@ def check_zmq_endpoints(cfg: RunConfig) -> None:
     K, net = cfg.n_layers, cfg.net
     if net.ipc_dir and not Path(net.ipc_dir).is_dir():
         raise ConfigError(f"net.ipc_dir: {net.ipc_dir} is not a folder; create it first")
-    for hop in range(K + 1):
+    names = [f"stage {k}'s inbox" for k in range(K)] + ["the sink's inbox"]
+    if cfg.train.negatives == "hard":
+        names.append("the source's feedback inbox (hard negatives)")
+    for hop, what in enumerate(names):
         endpoint = endpoint_for(net, hop, K)
         if endpoint.startswith("tcp://"):
             host, _, port = endpoint[len("tcp://"):].rpartition(":")
-            check_port_free(host.strip("[]"), int(port), "the sink's inbox" if hop == K
-                            else f"stage {hop}'s inbox")
+            check_port_free(host.strip("[]"), int(port), what)
     store = default_store(net)
     if store:
         host, _, port = store.rpartition(":")

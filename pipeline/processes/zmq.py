@@ -60,6 +60,20 @@ def zmq_channels(role: str, index: int, cfg: RunConfig):
     return inbox, outbox
 
 
+def feedback_channel(role: str, cfg: RunConfig):
+    """Hard negatives: the source binds a PULL for the scores the sink pushes back (the
+    receiver endpoint after the sink's); None for every other role or without them."""
+    if cfg.train.negatives != "hard" or role not in ("source", "sink"):
+        return None
+    net, K = cfg.net, cfg.n_layers
+    endpoint, curve = endpoint_for(net, K + 1, K), net.curve_dir or None
+    if role == "source":
+        return ZmqChannel.receiver(bind_endpoint(endpoint, net), hwm=net.hwm,
+                                   max_bytes=cfg.pipeline.max_message_bytes, curve=curve)
+    return ZmqChannel.sender(endpoint, hwm=net.hwm, max_bytes=cfg.pipeline.max_message_bytes,
+                             curve=curve)
+
+
 def version_board(role: str, cfg: RunConfig):
     """The version board is a TCPStore the sink hosts at net.store (host:port).
 
@@ -98,7 +112,7 @@ def serve(role: str, index: int, cfg: RunConfig, restarts: int = 0) -> int:
         write_run_config(cfg)
     inbox, outbox = zmq_channels(role, index, cfg)
     run_process(role, index, cfg, inbox, outbox, version_board(role, cfg), should_stop,
-                dataset=dataset, restarts=restarts)
+                dataset=dataset, restarts=restarts, feedback=feedback_channel(role, cfg))
     return 0
 
 

@@ -7,8 +7,12 @@ agree on above it.
     train            pos, neg [B, d] (+ neutral, y, feats with the head); meta step/total/n
     eval             x [n*C, d] one row per (image, candidate label), acc [n*C], y [n]
     probe            x [probe_size, d]: the fixed drift probe set
-    ctrl epoch       an epoch boundary        ctrl checkpoint   save now
+    ctrl epoch       an epoch boundary (+ how fresh the hard-negative scores were)
+    ctrl checkpoint  save now
     ctrl stop        end of stream; every stage appends its final stats
+    score            hard negatives: x [n*C, d] training images x every label, acc [n*C],
+                     idx [n] their rows in the training set; stages treat it as an eval
+    scores           the feedback edge, sink -> source: idx [n], scores [n, C]
 
 The roles check this schema before acting (`check_meta`, `expect`), so a stage never trips
 over a well-formed message that lacks what its kind promises (or carries NaN or Inf
@@ -32,13 +36,16 @@ META_SCHEMA = {
     "eval": {"eval_id": int, "chunk": int, "n_chunks": int, "step": int, "final": bool},
     "probe": {"step": int},
     "ctrl": {"op": str},
+    "score": {"step": int, "chunk": int},
+    "scores": {"step": int},
 }
 START_SCHEMA = {"classes": int, "total_samples": int, "done_samples": int, "step": int}
 
 # What every tensor a role takes must be: labels int64, the eval accumulator float32,
 # activations float32 or bfloat16 (`pipeline.wire_dtype`). Any other dtype the wire
 # allows would reach a matmul and crash.
-TENSOR_DTYPES = {"y": (torch.int64,), "acc": (torch.float32,)}
+TENSOR_DTYPES = {"y": (torch.int64,), "idx": (torch.int64,), "acc": (torch.float32,),
+                 "scores": (torch.float32,)}
 ACTIVATION_DTYPES = (torch.float32, torch.bfloat16)
 
 # Room for the msgpack header (a few hundred bytes; meta of a stop message with every
@@ -118,3 +125,8 @@ def max_message_bytes(cfg: RunConfig, num_classes: int) -> int:
     evals = 4 * eb * C * (d + 1) + 8 * eb + (4 * eb * (d + feats) if head else 0)
     probe = 4 * cfg.drift.probe_size * d
     return max(train, evals, probe) + HEADER_ROOM
+
+
+def feedback_message_bytes(cfg: RunConfig, num_classes: int) -> int:
+    """The largest scores message the sink sends back to the source (hard negatives)."""
+    return cfg.pipeline.eval_batch * (8 + 4 * num_classes) + HEADER_ROOM

@@ -47,11 +47,13 @@ def setup_process(threads: int, device: str = "cpu") -> None:
 
 def run_process(role: str, index: int, cfg: RunConfig, inbox: Channel | None,
                 outbox: Channel | None, board, should_stop, *, dataset: Dataset | None = None,
-                run_start: float | None = None, restarts: int = 0) -> bool:
+                run_start: float | None = None, restarts: int = 0,
+                feedback: Channel | None = None) -> bool:
     """Play `role`; True if the stream ran to its end, False if a stop was asked for
-    (the role has written its checkpoint either way). Both channels are closed on the
+    (the role has written its checkpoint either way). Every channel is closed on the
     way out; after a finished stream the outbox first gets `stop_timeout` seconds to
-    deliver what it still holds."""
+    deliver what it still holds. `feedback` is the hard-negative edge: the sink's
+    sending end, the source's receiving end (None without hard negatives)."""
     stage = role == "stage"
     setup_process(cfg.pipeline.threads_per_stage if stage else 1,
                   stage_device(cfg, index) if stage else "cpu")
@@ -61,18 +63,18 @@ def run_process(role: str, index: int, cfg: RunConfig, inbox: Channel | None,
     finished = False
     try:
         if role == "source":
-            Source(cfg, dataset, flow).run()
+            Source(cfg, dataset, flow, feedback).run()
         elif stage:
             StageWorker(index, cfg, flow, board, stage_device(cfg, index), restarts).run()
         else:
-            Sink(cfg, flow, run_start=run_start).run()
+            Sink(cfg, flow, run_start=run_start, feedback=feedback).run()
         finished = True
     except Stopped:
         log.info("%s: stopped on request; checkpoint written", role_name(role, index))
     finally:
         if finished and outbox is not None:
             outbox.finish(cfg.pipeline.stop_timeout)
-        for ch in (inbox, outbox):
+        for ch in (inbox, outbox, feedback):
             if ch is not None:
                 ch.close()
     return finished

@@ -5,6 +5,7 @@ progress bar, and writes summary.json when the stop arrives.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -19,9 +20,11 @@ from pipeline.records import base_summary
 from pipeline.runlog import JsonlWriter, Progress, write_json_atomic
 from pipeline.runtime.flow import Flow
 from pipeline.runtime.protocol import check_meta, expect
+from pipeline.transport.channel import Channel
 from pipeline.wire import Message, WireError
 
 log = logging.getLogger(__name__)
+FEEDBACK_WAITING = 256  # scores messages the sink holds while the feedback hop is full
 
 
 class EvalTally:
@@ -34,8 +37,12 @@ class EvalTally:
 
 
 class Sink:
-    def __init__(self, cfg: RunConfig, flow: Flow, run_start: float | None = None):
+    def __init__(self, cfg: RunConfig, flow: Flow, run_start: float | None = None,
+                 feedback: Channel | None = None):
         self.cfg, self.flow = cfg, flow
+        self.feedback = feedback  # hard negatives: scores go back to the source here
+        self.feedback_waiting: collections.deque[Message] = collections.deque()
+        self.feedback_sent = self.feedback_dropped = 0
         self.C = None  # learnt from the source's first message: the sink needs no dataset
         self.out = Path(cfg.out)
         self.run_start = run_start or time.time()
@@ -82,7 +89,8 @@ class Sink:
                 if rec is not None:
                     records.write(rec)
                 if msg.kind == "ctrl" and msg.meta["op"] == "stop":
-                    self.source_stats = msg.meta.get("source", {})
+                    stats = msg.meta.get("source")
+                    self.source_stats = stats if isinstance(stats, dict) else {}
                     return self.finish(msg.meta.get("stages", []), interrupted=False)
         except BaseException:
             self.finish([], interrupted=True)
@@ -93,14 +101,45 @@ class Sink:
                 self.progress.close()
 
     def handle(self, msg: Message) -> dict | None:
+        if self.feedback_waiting:
+            self.send_feedback()
         check_meta(msg.kind, msg.meta)
         if msg.kind == "train":
             self.on_train(msg)
         elif msg.kind == "eval":
             return self.on_eval(msg)
+        elif msg.kind == "score":
+            self.on_score(msg)
         elif msg.kind == "ctrl" and msg.meta["op"] == "start":
             self.on_start(msg.meta)
+        elif msg.kind == "ctrl" and msg.meta["op"] == "epoch" and isinstance(
+                msg.meta.get("hard"), dict):
+            return {"kind": "hard_negatives", "time": time.time() - self.run_start,
+                    **{k: v for k, v in msg.meta["hard"].items()
+                       if isinstance(v, (int, float, type(None)))}}
         return None
+
+    def on_score(self, msg: Message) -> None:
+        """Training images scored by every stage: their rows of C goodness sums go back
+        to the source. Never blocks: while the feedback hop is full (or not connected
+        yet) they wait here, and are retried with every message that arrives; past
+        FEEDBACK_WAITING the oldest are dropped (counted), and the source keeps its older
+        scores for those images."""
+        if self.C is None or self.feedback is None:
+            return
+        idx = expect(msg, "idx", ndim=1)
+        scores = expect(msg, "acc", rows=len(idx) * self.C, ndim=1).view(-1, self.C)
+        self.feedback_waiting.append(Message("scores", meta={"step": msg.meta["step"]},
+                                             tensors={"idx": idx, "scores": scores.clone()}))
+        if len(self.feedback_waiting) > FEEDBACK_WAITING:
+            self.feedback_waiting.popleft()
+            self.feedback_dropped += 1
+        self.send_feedback()
+
+    def send_feedback(self) -> None:
+        while self.feedback_waiting and self.feedback.send(self.feedback_waiting[0], timeout=0):
+            self.feedback_waiting.popleft()
+            self.feedback_sent += 1
 
     def on_train(self, msg: Message) -> None:
         n = msg.meta["n"]
@@ -208,5 +247,10 @@ class Sink:
                             "board reached): the values are lower bounds")
         if self.resumed_at:
             summary["resumed_at_step"] = self.resumed_at
+        hard = self.source_stats.get("hard_negatives")
+        if isinstance(hard, dict):
+            summary["hard_negatives"] = {**hard,
+                                         "feedback_sent": self.feedback_sent,
+                                         "feedback_dropped": self.feedback_dropped}
         write_json_atomic(self.out / "summary.json", summary)
         return summary

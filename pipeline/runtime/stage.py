@@ -74,7 +74,10 @@ class StageWorker:
                 msg = self.next_message()
                 try:
                     check_meta(msg.kind, msg.meta)
-                    out = getattr(self, f"on_{msg.kind}")(msg)
+                    handler = getattr(self, f"on_{msg.kind}", None)
+                    if handler is None:  # a kind only the source takes (scores)
+                        raise WireError(f"a stage takes no {msg.kind} messages")
+                    out = handler(msg)
                 except WireError as exc:  # well-formed bytes, wrong content: skip it
                     self.flow.inbox.reject(str(exc))
                     continue
@@ -192,16 +195,21 @@ class StageWorker:
         return out
 
     def on_eval(self, msg: Message) -> Message:
+        """eval (test images, labels `y`) and score (training images for hard negatives,
+        rows `idx`): add this layer's goodness for every (image, label) row."""
         h = self.trainer.forward(self.tensor_in(msg, "x", self.d_in))
         acc = self.tensor_in(msg, "acc", rows=len(h), ndim=1)
-        expect(msg, "y", ndim=1)
+        rows = "y" if msg.kind == "eval" else "idx"
+        expect(msg, rows, ndim=1)
         if self.k >= self.cfg.model.skip_layers:
             acc = acc + self.trainer.goodness(h)  # never write into a received buffer
-        tensors = {"acc": acc, "y": msg.tensors["y"]}
+        tensors = {"acc": acc, rows: msg.tensors[rows]}
         if not self.last:
             tensors["x"] = self.trainer.output(h)
         tensors.update(self.head_tensors(msg))
         return self.forward_as(msg, tensors, self.trainer.version)
+
+    on_score = on_eval
 
     def on_probe(self, msg: Message) -> Message:
         x = self.tensor_in(msg, "x", self.d_in)

@@ -49,13 +49,18 @@ IPC_PATH_MAX = 107         # sockaddr_un.sun_path on Linux, less the NUL
 
 
 def endpoint_for(net_cfg, hop_index: int, n_stages: int) -> str:
-    """Receiver endpoint of hop `hop_index`: 0..K-1 are the stages, K is the sink."""
-    if not 0 <= hop_index <= n_stages:
-        raise ValueError(f"hop {hop_index} out of range 0..{n_stages}")
+    """Receiver endpoint of hop `hop_index`: 0..K-1 are the stages, K is the sink, K+1 the
+    source's feedback inbox (hard negatives: the sink sends the scores back there)."""
+    if not 0 <= hop_index <= n_stages + 1:
+        raise ValueError(f"hop {hop_index} out of range 0..{n_stages + 1}")
     if net_cfg.endpoints:
-        if len(net_cfg.endpoints) != n_stages + 1:
+        if len(net_cfg.endpoints) not in (n_stages + 1, n_stages + 2):
             raise ConfigError(f"net.endpoints: give one per receiver ({n_stages} stages + "
-                              f"sink = {n_stages + 1}), got {len(net_cfg.endpoints)}")
+                              f"sink = {n_stages + 1}, and the source's feedback inbox last "
+                              f"with hard negatives), got {len(net_cfg.endpoints)}")
+        if hop_index >= len(net_cfg.endpoints):
+            raise ConfigError(f"net.endpoints: hard negatives need the source's feedback "
+                              f"inbox as entry {n_stages + 2}")
         return net_cfg.endpoints[hop_index]
     if net_cfg.ipc_dir:
         return f"ipc://{net_cfg.ipc_dir}/hop{hop_index}.sock"

@@ -237,5 +237,11 @@ def test_endpoint_for_prefers_explicit_then_ipc_then_tcp():
     assert endpoint_for(NetConfig(endpoints=eps, ipc_dir="/tmp/ff"), 1, 3) == eps[1]
     with pytest.raises(ConfigError, match="one per receiver"):
         endpoint_for(NetConfig(endpoints=eps[:2]), 0, 3)
+    # hop K+1: the source's feedback inbox (hard negatives), after the sink's
+    assert endpoint_for(NetConfig(base_port=5600), 4, 3) == "tcp://127.0.0.1:5605"
+    with pytest.raises(ConfigError, match="feedback inbox"):
+        endpoint_for(NetConfig(endpoints=eps), 4, 3)
+    assert endpoint_for(NetConfig(endpoints=eps + ["tcp://source:7000"]), 4, 3) == \
+        "tcp://source:7000"
     with pytest.raises(ValueError):
-        endpoint_for(NetConfig(), 4, 3)
+        endpoint_for(NetConfig(), 5, 3)
