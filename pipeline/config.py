@@ -111,6 +111,11 @@ class PipelineConfig:
     replay: int = opt(0, "per-stage buffer of recent inputs mixed into training (0 = off)", lo=0)
     max_staleness: int = opt(-1, "drop train inputs made by upstream versions more than S "
                                  "updates old (-1 = off)", lo=-1)
+    device_hops: str = opt("auto", "local transport, two neighbouring stages on CUDA: auto = "
+                                   "their activations stay on the GPU (a device ring shared "
+                                   "through CUDA IPC); off = through host shared memory (for "
+                                   "containers without a shared IPC namespace)",
+                           choices=("auto", "off"))
     wire_dtype: str = opt("float32", "dtype of the activations sent between stages "
                                      "(bfloat16 halves the bytes per hop)",
                           choices=("float32", "bfloat16"))

@@ -23,6 +23,7 @@ from pipeline.runlog import read_summary
 from pipeline.runtime.board import SharedBoard
 from pipeline.runtime.protocol import feedback_message_bytes, max_message_bytes
 from pipeline.runtime.roles import role_name, run_process
+from pipeline.transport.device_ring import DeviceRingChannel
 from pipeline.transport.local import ShmChannel
 
 def child_main(role: str, index: int, cfg_dict: dict, inbox, outbox, board_array, stop,
@@ -41,13 +42,23 @@ def child_main(role: str, index: int, cfg_dict: dict, inbox, outbox, board_array
         raise SystemExit(1)
 
 
+def hop_channel(ctx, cfg: RunConfig, k: int, size: int) -> ShmChannel:
+    """Hop k (into stage k; K: into the sink). Between two stages on CUDA devices the
+    tensors stay on the GPU (`transport.device_ring`) unless pipeline.device_hops is off."""
+    p, devices = cfg.pipeline, cfg.pipeline.devices
+    # A hop between two stages can lose either end: a spare ring per restart of each.
+    args = (ctx, p.queue_size, size, p.max_message_bytes, 1 + 2 * p.restarts)
+    if (p.device_hops == "auto" and devices and 0 < k < cfg.n_layers
+            and devices[k - 1].startswith("cuda") and devices[k].startswith("cuda")):
+        return DeviceRingChannel(*args, device=devices[k])
+    return ShmChannel(*args)
+
+
 def train_local(cfg: RunConfig, ds: Dataset) -> dict:
     ctx = mp.get_context("spawn")
     K, p = cfg.n_layers, cfg.pipeline
     size = max_message_bytes(cfg, ds.num_classes)
-    # A hop between two stages can lose either end: a spare ring per restart of each.
-    hops = [ShmChannel(ctx, p.queue_size, size, p.max_message_bytes,
-                       generations=1 + 2 * p.restarts) for _ in range(K + 1)]
+    hops = [hop_channel(ctx, cfg, k, size) for k in range(K + 1)]
     # Hard negatives: the sink's scores go back to the source over one more ring.
     feedback = (ShmChannel(ctx, p.queue_size, feedback_message_bytes(cfg, ds.num_classes),
                            p.max_message_bytes) if cfg.train.negatives == "hard" else None)

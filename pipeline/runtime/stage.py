@@ -261,5 +261,6 @@ class StageWorker:
                 "mean_staleness": self.stale_total / max(self.stale_count, 1),
                 "staleness_exact": self.board.exact, "resent": self.resent,
                 "restarts": self.restarts, "pid": os.getpid(),
+                "device_bytes_sent": self.flow.outbox.device_bytes,
                 "cpu_seconds": time.process_time(),
                 "drift": self.monitor.summary()}

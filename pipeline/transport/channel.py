@@ -24,6 +24,7 @@ class Channel(abc.ABC):
         self.gaps = 0         # sequence numbers skipped (messages lost in transit)
         self.sent = 0
         self.received = 0
+        self.device_bytes = 0  # tensor bytes sent without a host copy (device_ring)
         self._next_seq = 0    # sender side
         self._expect_seq = None  # receiver side
 

@@ -205,7 +205,7 @@ class ShmChannel(Channel):
                 if int(slot[:8].view(np.uint64)[0]) == OVERSIZE:
                     msg = self._decode(self._read_side())
                 else:
-                    msg = self._decode(slot)
+                    msg = self._decode(slot, base)
             except WireError as exc:
                 self.reject(str(exc))
                 continue
@@ -228,7 +228,8 @@ class ShmChannel(Channel):
                                                  time.monotonic() >= deadline):
                 return False
 
-    def _decode(self, area: np.ndarray) -> Message:
+    def _decode(self, area: np.ndarray, base: int | None = None) -> Message:
+        """The message in `area` (a slot at `base` of the ring, or an oversize body)."""
         header, *buffers = _unpack(area)
         # Copy out: the slot is reused as soon as it is handed back.
         return decode([header.tobytes()] + [b.copy().data for b in buffers], self.max_bytes)
