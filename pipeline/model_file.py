@@ -189,7 +189,13 @@ def load_model(path: str | Path, device: str = "cpu") -> FFModel:
         raise UserError(f"{path}: model file format {meta.get('format_version')}, this "
                         f"ff-pipeline ({package_version()}) reads {FORMAT_VERSION}; "
                         f"use the version that wrote it ({meta.get('ff_pipeline_version')})")
-    return FFModel(tensors, meta, path).to(device)
+    try:
+        model = FFModel(tensors, meta, path)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:  # edited or damaged
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UserError(f"{path}: its tensors and metadata do not make a model ({reason}); "
+                        f"rebuild it: delete it and run `ffpipe evaluate` on its run") from None
+    return model.to(device)
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> FFModel:
@@ -224,7 +230,8 @@ def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | No
              split: str = "test", device: str = "cpu", write: bool = True) -> dict:
     """Accuracy of a run's model on `dataset`'s `split` (default: the run's own dataset, its
     test split): by goodness (by the readout for backprop) and by the head if there is
-    one. With `write`, also RUN_DIR/evaluate-<dataset>[-train].json."""
+    one, and the run's own final accuracy where it is comparable. With `write`, also
+    RUN_DIR/evaluate-<dataset>[-train].json (its path in `written_to`)."""
     if split not in ("test", "train"):
         raise UserError(f"split {split!r}: use test or train")
     run = Path(run_dir)

@@ -225,6 +225,12 @@ def test_runs_without_final_weights_and_foreign_files_are_refused_in_one_line(tm
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     assert "not an ff-pipeline model" in one_line_error(
         lambda: load_run(tmp_path / "other.safetensors"))
+    make_run(tmp_path / "whole")
+    with safe_open(str(write_run_model(tmp_path / "whole")), "pt") as f:
+        meta, kept = f.metadata(), {k: f.get_tensor(k) for k in f.keys() if "bias" not in k}
+    save_file(kept, str(tmp_path / "damaged.safetensors"), metadata=meta)
+    assert "do not make a model" in one_line_error(
+        lambda: load_run(tmp_path / "damaged.safetensors"))
 
 
 def test_evaluate_writes_accuracy_by_goodness_and_head_for_the_runs_dataset(run, ds):
@@ -254,3 +260,16 @@ def test_the_commands_exit_2_with_one_line_on_stderr(tmp_path, run):
         _, err = p.communicate(timeout=90)
         assert p.returncode == 2 and len(err.strip().splitlines()) == 1, err
         assert err.startswith("ffpipe: error:")
+
+
+def test_overwrite_clears_the_model_file_and_evaluations_of_the_earlier_run(tmp_path):
+    from pipeline.processes.run_dir import claim
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in (MODEL_FILE, "evaluate-synthetic.json", "notes.txt"):
+        (out / name).write_text("x")
+    cfg = load_config(None, [*SMALL, ("out", str(out))])
+    assert "holds" in one_line_error(lambda: claim(cfg))  # another run's files: refused
+    cfg.pipeline.overwrite = True
+    claim(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the user's file stays
