@@ -270,18 +270,28 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description,
+def device_arg(value: str) -> str:
+    if not (value in ("cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())):
+        raise argparse.ArgumentTypeError(f"{value!r}: use cpu, cuda or cuda:N")
+    if value != "cpu" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{value!r}: no CUDA device here; use cpu")
+    return value
+
+
+def _parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=example,
                                 formatter_class=HelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR",
                    help="a run folder (`ffpipe train --out`), or a model.safetensors file")
-    p.add_argument("--device", default="cpu", help="where to compute: cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="where to compute: cpu, cuda, cuda:N")
     return p
 
 
 def evaluate_main(argv: list[str]) -> int:
     p = _parser("ffpipe evaluate", "Accuracy of a trained run on a dataset of the same image "
-                "size: by goodness (by the readout for backprop) and by the linear head.")
+                "size: by goodness (by the readout for backprop) and by the linear head.",
+                "example: ffpipe evaluate runs/first --dataset mnist --data-dir ~/data/mnist")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="dataset to evaluate on (default: the run's own, with its split)")
     p.add_argument("--data-dir", default=None,
@@ -304,7 +314,8 @@ def evaluate_main(argv: list[str]) -> int:
 def predict_main(argv: list[str]) -> int:
     p = _parser("ffpipe predict", "Predicted labels and per-label scores (goodness; "
                 "logits for backprop) for images in a .npy or IDX file (gzipped or not): "
-                "[N, H, W] or [N, D], uint8 0..255 or float in [0, 1].")
+                "[N, H, W] or [N, D], uint8 0..255 or float in [0, 1].",
+                "example: ffpipe predict runs/first t10k-images-idx3-ubyte.gz --out preds.npy")
     p.add_argument("file", metavar="FILE", help="images: .npy, or IDX (.gz or not)")
     p.add_argument("--out", default="predictions.csv",
                    help="where the predictions go: .csv (a row per image) or .npy (a "

@@ -145,7 +145,8 @@ def runs_main(argv: list[str]) -> int:
         prog="ffpipe runs", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="A table of existing runs: schedule, dataset, layers, seed, accuracy "
                     "(goodness and head), wall time, samples/s, ff-pipeline version, and "
-                    "whether each run finished.")
+                    "whether each run finished.",
+        epilog="example: ffpipe runs runs/ --sort accuracy --csv > runs.csv")
     p.add_argument("dirs", nargs="+", metavar="DIR",
                    help="a run folder, or a folder with run folders below it")
     p.add_argument("--csv", action="store_true", help="write CSV (raw values) to stdout")
