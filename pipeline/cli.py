@@ -125,7 +125,10 @@ def _terminated(signum, frame):
 
 
 COMMANDS = {"train": cmd_train, "worker": cmd_worker, "drift": cmd_drift,
-            "compare": cmd_compare, "bench": cmd_bench, "keys": cmd_keys, "data": cmd_data}
+            "compare": cmd_compare, "bench": cmd_bench, "keys": cmd_keys, "data": cmd_data,
+            "evaluate": lambda a: __import__("pipeline.model_file", fromlist="_").evaluate_main(a),
+            "predict": lambda a: __import__("pipeline.model_file", fromlist="_").predict_main(a),
+            "runs": lambda a: __import__("pipeline.runs_table", fromlist="_").runs_main(a)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -23,9 +24,10 @@ from pipeline.drift.probe_set import probe_inputs
 from pipeline.evaluation import accuracy, evaluate
 from pipeline.ff import FFLayer, LinearHead, head_features, normalize
 from pipeline.layer_trainer import LayerTrainer, lr_gain, make_optimizer
+from pipeline.model_file import MODEL_FILE, data_info, save_model
 from pipeline.recorder import Recorder
 from pipeline.runlog import Progress
-from pipeline.runtime.checkpoint import save_layer_states
+from pipeline.runtime.checkpoint import save_layer_states, save_module
 from pipeline.runtime.roles import setup_process
 
 
@@ -81,12 +83,18 @@ def _eval(cfg, ds, layers, head, rec, step, samples, final=False) -> dict:
 def _finish(cfg, ds, rec, trainers, head, step, samples, t0, train_s, progress) -> dict:
     progress.close()
     save_layer_states(cfg.out, [tr.state_dict() for tr in trainers])
+    if head:
+        save_module(cfg.out, "head", head.head)
     layers = [tr.layer for tr in trainers]
     metrics = _eval(cfg, ds, layers, head, rec, step, samples, final=True)
     wall = time.monotonic() - t0
-    return rec.finish({**metrics, "train_samples": samples, "wall_seconds": wall,
-                       "train_seconds": train_s,
-                       "samples_per_second": samples / max(train_s, 1e-9)})
+    summary = rec.finish({**metrics, "train_samples": samples, "wall_seconds": wall,
+                          "train_seconds": train_s,
+                          "samples_per_second": samples / max(train_s, 1e-9)})
+    save_model(Path(cfg.out) / MODEL_FILE, cfg, data_info(ds),
+               [layer.state_dict() for layer in layers],
+               head=head.head.state_dict() if head else None)
+    return summary
 
 
 class FFRun:
@@ -230,13 +238,18 @@ def train_backprop(cfg: RunConfig, ds: Dataset) -> dict:
     progress.close()
     save_layer_states(cfg.out, [{"layer": layer.state_dict(), "version": step}
                                 for layer in net.layers])
+    save_module(cfg.out, "readout", net.readout)
     with torch.no_grad():
         pred = net(neutral(ds.x_test)).argmax(1)
     metrics = {"test_accuracy": accuracy(pred, ds.y_test)}
     rec.log_eval(step, samples, metrics, final=True)
-    return rec.finish({**metrics, "train_samples": samples,
-                       "wall_seconds": time.monotonic() - t0, "train_seconds": train_s,
-                       "samples_per_second": samples / max(train_s, 1e-9)})
+    summary = rec.finish({**metrics, "train_samples": samples,
+                          "wall_seconds": time.monotonic() - t0, "train_seconds": train_s,
+                          "samples_per_second": samples / max(train_s, 1e-9)})
+    # backprop's inference is its readout: the model file keeps it beside the layers
+    save_model(Path(cfg.out) / MODEL_FILE, cfg, data_info(ds),
+               [layer.state_dict() for layer in net.layers], readout=net.readout.state_dict())
+    return summary
 
 
 SINGLE_PROCESS = {"lockstep": train_lockstep, "sequential": train_sequential,

@@ -28,8 +28,8 @@ from pipeline.runtime import checkpoint
 log = logging.getLogger(__name__)
 
 # What a run writes into its folder (README, "Files a run writes").
-RUN_FILES = ("config.json", "summary.json", "sink.jsonl", "eval_scores.pt", "drift.png",
-             "report.md")
+RUN_FILES = ("config.json", "summary.json", "sink.jsonl", "eval_scores.pt", "model.safetensors",
+             "drift.png", "report.md")
 RUN_DIRS = ("ckpt", "tensorboard")
 
 
@@ -37,7 +37,7 @@ def run_files(out: Path) -> list[Path]:
     if not out.is_dir():
         return []
     found = [out / n for n in RUN_FILES + RUN_DIRS if (out / n).exists()]
-    return found + sorted(out.glob("stage*.jsonl"))
+    return found + sorted(out.glob("stage*.jsonl")) + sorted(out.glob("evaluate-*.json"))
 
 
 def stage_checkpoints(out: Path) -> list[Path]:

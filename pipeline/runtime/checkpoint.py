@@ -44,15 +44,40 @@ def save_layer_states(out: str | Path, states: list[dict]) -> None:
         save_atomic(ckpt_path(out, f"stage{k}"), {"trainer": state})
 
 
+def layer_states(run_dir: str | Path, widths: list[int]) -> list[dict]:
+    """The FF layers' weights (`FFLayer.state_dict()`, no optimizer state) in a run's
+    ckpt/stage{k}.pt, each checked against the layer widths the run was configured with."""
+    states = []
+    for k in range(len(widths) - 1):
+        path = ckpt_path(run_dir, f"stage{k}")
+        state = load(path)
+        if state is None:
+            raise UserError(f"{path} is missing; was the run in {run_dir} finished?")
+        layer = state["trainer"]["layer"]
+        shape = list(layer["linear.weight"].shape)
+        if shape != [widths[k + 1], widths[k]]:
+            raise UserError(f"{path} holds a {shape[1]}x{shape[0]} layer, the run's config "
+                            f"says {widths[k]}x{widths[k + 1]}; the folder mixes two runs")
+        states.append(layer)
+    return states
+
+
+def save_module(out: str | Path, name: str, module) -> None:
+    """ckpt/{name}.pt holding one module's weights (the linear head, backprop's readout):
+    what a finished run's model file is built from when it has none."""
+    save_atomic(ckpt_path(out, name), {"weights": module.state_dict()})
+
+
+def load_module_state(run_dir: str | Path, name: str) -> dict | None:
+    state = load(ckpt_path(run_dir, name))
+    return None if state is None else state["weights"]
+
+
 def load_layers(run_dir: str | Path, cfg) -> list:
     """The trained FF layers of a finished run, from ckpt/stage{k}.pt."""
     w, layers = cfg.model.layers, []
-    for k in range(len(w) - 1):
-        state = load(ckpt_path(run_dir, f"stage{k}"))
-        if state is None:
-            raise UserError(f"{ckpt_path(run_dir, f'stage{k}')} is missing; "
-                            f"was the run in {run_dir} finished?")
+    for k, state in enumerate(layer_states(run_dir, w)):
         layer = FFLayer(w[k], w[k + 1], cfg.model.normalization)
-        layer.load_state_dict(state["trainer"]["layer"])
+        layer.load_state_dict(state)
         layers.append(layer.eval())
     return layers

@@ -1,6 +1,7 @@
 """The sink: end of the pipeline. Turns eval accumulators into accuracy (goodness
 inference, and the head's if it is on), logs accuracy over time to sink.jsonl, shows the
-progress bar, and writes summary.json when the stop arrives.
+progress bar, and writes summary.json (and the head's weights, ckpt/head.pt) when the
+stop arrives.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pipeline.config import RunConfig
 from pipeline.ff import LinearHead
 from pipeline.records import base_summary
 from pipeline.runlog import JsonlWriter, Progress, write_json_atomic
+from pipeline.runtime import checkpoint
 from pipeline.runtime.flow import Flow
 from pipeline.runtime.protocol import check_meta, expect
 from pipeline.transport.channel import Channel
@@ -252,5 +254,7 @@ class Sink:
             summary["hard_negatives"] = {**hard,
                                          "feedback_sent": self.feedback_sent,
                                          "feedback_dropped": self.feedback_dropped}
+        if self.head is not None:  # the run's model file takes the head from here
+            checkpoint.save_module(self.out, "head", self.head)
         write_json_atomic(self.out / "summary.json", summary)
         return summary

@@ -15,12 +15,14 @@ LAYERS = [
     ("maths, data, run logs, drift", [
         "allocator", "augment", "precision", "ff", "layer_trainer", "evaluation", "linear_probes", "datasets", "idx",
         "batches", "runlog", "records", "drift", "drift.metrics", "drift.monitor",
-        "drift.page_hinkley", "drift.probe_set", "drift.tensorboard"]),
+        "drift.page_hinkley", "drift.probe_set", "drift.tensorboard", "ff_model",
+        "prediction_files"]),
     ("wire", ["wire"]),
     ("transport", ["transport", "transport.*"]),
     ("runtime", ["runtime", "runtime.*"]),
-    ("launching, schedules", ["processes", "processes.*", "schedules", "recorder"]),
-    ("tools", ["compare", "sweep", "bench", "bench.*", "drift.report"]),
+    ("launching, schedules", ["processes", "processes.*", "schedules", "recorder",
+                              "model_file"]),
+    ("tools", ["compare", "sweep", "bench", "bench.*", "drift.report", "runs_table"]),
     ("entry points", ["", "cli", "__main__", "launch_info"]),
 ]
 
