@@ -203,8 +203,9 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        else:
-            self._line()
+            return
+        self.named = "done"
+        self._line()
 
 
 def _fmt(key: str, v) -> str:
