@@ -10,6 +10,7 @@ validates it once; any bad value raises `ConfigError` naming the field and what 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -184,6 +185,7 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "
 
 # Keys of a run's config.json that describe the run rather than configure it.
 RECORD_ONLY_KEYS = ("provenance",)
+_type_hints = functools.cache(typing.get_type_hints)  # per section class: validate asks often
 
 
 def _field_of(obj, dotted: str):
@@ -254,7 +256,7 @@ def set_value(cfg: RunConfig, dotted: str, value) -> str:
     """Set one key (converted to its declared type); returns the key as it is spelt in
     the config ('train.batch_size' for 'train.batch-size')."""
     owner, f = _field_of(cfg, dotted)
-    hints = typing.get_type_hints(type(owner))
+    hints = _type_hints(type(owner))
     setattr(owner, f.name, _coerce(value, hints[f.name], dotted))
     return dotted.replace("-", "_")
 
