@@ -2,17 +2,17 @@
 top-level `launch/` folder of shell scripts, which call into this package).
 
     train(cfg)       what `ffpipe train` and `pipeline.train` run: validate the config,
-                     say in one line what starts and where the run goes, check what can
-                     be checked before anything starts (preflight, the run folder's rules,
-                     the data), write config.json, then the schedule: single-process, or
+                     check what can be checked before anything starts (preflight, the run
+                     folder's rules, the data), say in one line what starts and where the
+                     run goes, write config.json, then the schedule: single-process, or
                      pipelined over the chosen transport
     local / zmq / dist   one module per transport: its wiring and its parent side
     supervise        the one supervisor every launcher and benchmark uses
     worker           `ffpipe worker`: one process of a cluster
     main_guard       a script without `if __name__ == "__main__":`, found before spawning
 
-This module imports the transports (and torch) inside `train`, after its first line is
-out: `from pipeline.processes import train` is quick.
+This module imports the transports (and torch) inside `train`: `from pipeline.processes
+import train` (and `from pipeline import train`) is quick.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ def train(cfg: RunConfig) -> dict | None:
     if pipelined and transport == "dist" and "RANK" in os.environ:
         from pipeline.processes import dist
         return dist.run_rank(cfg)  # this process is a torchrun rank
-    announce(run_line(cfg))
     from pipeline.processes import dist, local, zmq
     from pipeline.processes.preflight import preflight
     from pipeline.processes.run_dir import claim, load_checked_dataset, write_run_config
@@ -44,6 +43,8 @@ def train(cfg: RunConfig) -> dict | None:
     preflight(cfg)
     claim(cfg)
     ds = load_checked_dataset(cfg)  # every check above writes nothing
+    # Said after the checks, so that a refused run prints only its one-line error.
+    announce(run_line(cfg))
     write_run_config(cfg)
     if not pipelined:
         return run_single(cfg, ds)
