@@ -95,8 +95,9 @@ def run_line(cfg: RunConfig) -> str:
     else:
         what = f"training every layer in this process ({t.device})"
     again = f", resume={p.resume}" if p.resume != "false" else ""
+    epochs = f"{t.epochs} epoch{'s' * (t.epochs != 1)}"
     return (f"{t.schedule}: {what}; layers {'-'.join(map(str, cfg.model.layers))} on "
-            f"{cfg.data.dataset}, {t.epochs} epochs, seed {t.seed}{again} -> {cfg.out}")
+            f"{cfg.data.dataset}, {epochs}, seed {t.seed}{again} -> {cfg.out}")
 
 
 TRANSPORT_WORDS = {"local": "shared memory", "zmq": "zmq sockets",
