@@ -1,14 +1,16 @@
 """ff-pipeline: Forward-Forward and layer-local learning as a pipeline of processes.
 
-The Python API:
+The Python API (README, "Python API"):
 
     from pipeline import load_config, train
-    cfg = load_config(overrides=[("train.epochs", 5), ("train.schedule", "lockstep")])
+    cfg = load_config(overrides={"train.epochs": 5, "train.schedule": "lockstep"})
     summary = train(cfg)          # dict: test_accuracy, wall_seconds, drift, ...
 
-`RunConfig` and its sections are the typed config (`load_config` builds and validates
-one from a TOML file and overrides). Everything else in the package is internal: its
-modules may change between versions.
+`load_config(path, overrides)` builds a `RunConfig` exactly as `ffpipe train` does (the
+same keys, the dataset's defaults, validation); a `RunConfig` built in code is validated
+by `train` before anything starts, and a bad value raises one `ConfigError` naming the
+field. `evaluate(run_dir, ...)` and `load_run(run_dir)` use a finished run's model.
+Everything else in the package is internal: its modules may change between versions.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -22,15 +24,18 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["train", "load_config", "RunConfig", "DataConfig", "ModelConfig", "TrainConfig",
-           "PipelineConfig", "DriftConfig", "NetConfig", "UserError", "ConfigError",
-           "DataError", "StageFailed", "__version__"]
+__all__ = ["train", "evaluate", "load_run", "load_config", "RunConfig", "DataConfig",
+           "ModelConfig", "TrainConfig", "PipelineConfig", "DriftConfig", "NetConfig",
+           "UserError", "ConfigError", "DataError", "StageFailed", "__version__"]
+
+# Names that pull in torch (and every transport): imported on first use, so that
+# `import pipeline.config` (the CLI's option parsing, the launch scripts) stays light.
+_LAZY = {"train": "pipeline.processes", "evaluate": "pipeline.model_file",
+         "load_run": "pipeline.model_file"}
 
 
 def __getattr__(name: str):
-    # `train` pulls in torch and every transport: imported on first use, so that
-    # `import pipeline.config` (the CLI's option parsing, the launch scripts) stays light.
-    if name == "train":
-        from pipeline.processes import train
-        return train
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

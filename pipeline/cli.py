@@ -1,4 +1,10 @@
-"""`ffpipe` (also `python -m pipeline`): train, worker, drift, compare, bench, keys, data.
+"""`ffpipe` (also `python -m pipeline`): the command table and its dispatch.
+
+Every command is a `main(argv) -> int` named in `COMMANDS` by one line; its module is
+imported only when it runs, so `ffpipe --help`, `ffpipe train --help` and the one-line
+error of a bad option come back without importing torch (seconds on a small machine).
+A command's own options go through `command_line.command_parser` (help on stdout, defaults
+shown, "did you mean") or, for `train`, through `overrides` and `train_help`.
 
 Errors a user can cause are reported in one line (`ffpipe: error: ...`) with exit code 2;
 Ctrl-C exits 130; anything else is a bug and shows its traceback.
@@ -6,36 +12,25 @@ Ctrl-C exits 130; anything else is a bug and shows its traceback.
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import logging
 import signal
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
-from pipeline.config import BOOL_FLAGS, SHORT_FLAGS, iter_fields, load_config, RunConfig
-from pipeline.errors import StageFailed, UserError
+from pipeline import __version__
+from pipeline.command_line import command_parser
+from pipeline.config import load_config
+from pipeline.dataset_info import DATASETS
+from pipeline.errors import StageFailed, UserError, did_you_mean
 from pipeline.overrides import config_from_argv
-
-# Each command imports what it runs when it runs: `ffpipe --help` and the one-line errors
-# of a bad option come back without importing torch (a few seconds on a small machine).
-
-TRAIN_USAGE = """usage: ffpipe train [--config FILE.toml] [--section.key=VALUE ...] [short flags]
-
-Short flags: {short}
-Boolean flags: {bools}
-All keys (section.key  default  help):
-{keys}"""
+from pipeline.train_help import train_help
 
 
-def train_help() -> str:
-    keys = "\n".join(f"  --{k:32s} {v!s:14s} {m.get('help', '')}"
-                     for k, v, m in iter_fields(RunConfig()))
-    return TRAIN_USAGE.format(short=", ".join(f"--{s}" for s in SHORT_FLAGS),
-                              bools=", ".join(f"--{b}" for b in BOOL_FLAGS), keys=keys)
-
-
-def cmd_train(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(train_help())
+def train_main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        print(train_help(), end="")
         return 0
     cfg = config_from_argv(argv)
     from pipeline.processes import train
@@ -53,17 +48,50 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-def cmd_worker(argv: list[str]) -> int:
-    from pipeline.processes.worker import worker_main
-    return worker_main(argv)
+def worker_parser():
+    """Only for --help: `processes.worker` parses these flags itself, with the rest as
+    `ffpipe train` options (and FFPIPE_* variables)."""
+    p = command_parser(
+        "ffpipe worker",
+        "One process of a cluster: the source, stage K or the sink, on the zmq transport "
+        "or as a torchrun rank (--transport dist: the role comes from the rank). Docker "
+        "compose, launch/zmq_local.sh and `ffpipe train --transport zmq` start these.",
+        usage="ffpipe worker [-h] [--role {source,stage,sink}] [--index K] [--restart N]\n"
+              "                     [--config FILE] [TRAIN OPTIONS ...]",
+        epilog="Every `ffpipe train` option works here too (`ffpipe train --help`), and so "
+               "do FFPIPE_* variables: FFPIPE_<SHORT_FLAG> (FFPIPE_EPOCHS=5) or "
+               "FFPIPE_<SECTION>__<KEY> (FFPIPE_NET__BASE_PORT=5600); options win over "
+               "variables, variables over --config.\n\nexample:\n"
+               "  FFPIPE_ROLE=stage FFPIPE_INDEX=1 ffpipe worker --transport zmq "
+               "--config runs/z/config.json")
+    p.add_argument("--role", choices=("source", "stage", "sink"), default="$FFPIPE_ROLE",
+                   help="what this process plays")
+    p.add_argument("--index", metavar="K", default="$FFPIPE_INDEX or 0",
+                   help="which stage, 0..(number of layers - 1)")
+    p.add_argument("--restart", metavar="N", default=0,
+                   help="this worker replaces one that died; N counts the restarts (the "
+                        "launcher passes it)")
+    p.add_argument("--config", metavar="FILE", default="$FFPIPE_CONFIG",
+                   help="a TOML file or the run's config.json")
+    return p
 
 
-def cmd_drift(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ffpipe drift",
-                                description="drift.png and report.md from a run's logs")
-    p.add_argument("run_dir")
-    p.add_argument("--watch", action="store_true", help="follow a live run")
-    p.add_argument("--interval", type=float, default=5.0)
+def worker_main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        worker_parser().print_help()
+        return 0
+    from pipeline.processes.worker import worker_main as run_worker
+    return run_worker(argv)
+
+
+def drift_main(argv: list[str]) -> int:
+    p = command_parser("ffpipe drift", "drift.png and report.md from a run's logs "
+                       "(stage{k}.jsonl, sink.jsonl), written into the run folder.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (what --out named)")
+    p.add_argument("--watch", action="store_true", help="follow a live run: redraw the "
+                   "figure as new records arrive, until Ctrl-C")
+    p.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+                   help="--watch: seconds between redraws")
     a = p.parse_args(argv)
     from pipeline.drift.report import make_report, watch
     if a.watch:
@@ -74,20 +102,11 @@ def cmd_drift(argv: list[str]) -> int:
     return 0
 
 
-def cmd_compare(argv: list[str]) -> int:
-    from pipeline.compare import compare_main
-    return compare_main(argv)
-
-
-def cmd_bench(argv: list[str]) -> int:
-    from pipeline.bench import bench_main
-    return bench_main(argv)
-
-
-def cmd_keys(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ffpipe keys",
-                                description="CURVE key pairs for the zmq transport")
-    p.add_argument("dir")
+def keys_main(argv: list[str]) -> int:
+    p = command_parser("ffpipe keys", "CURVE key pairs for the zmq transport: one for the "
+                       "receivers, one for the senders. Give every worker --net.curve_dir=DIR; "
+                       "anyone who can read DIR can join the pipeline.")
+    p.add_argument("dir", metavar="DIR", help="folder to write the key files into")
     a = p.parse_args(argv)
     from pipeline.transport.zmq_keys import generate_keys
     generate_keys(a.dir)
@@ -95,14 +114,15 @@ def cmd_keys(argv: list[str]) -> int:
     return 0
 
 
-def cmd_data(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ffpipe data",
-                                description="write a registered dataset as the four IDX files")
-    p.add_argument("action", choices=["export-idx"])
-    p.add_argument("out_dir")
-    p.add_argument("--dataset", default="mnist-5k")
-    p.add_argument("--train-size", type=int, default=None,
-                   help="mnist-5k: images in the train split (default: the config default)")
+def data_main(argv: list[str]) -> int:
+    p = command_parser("ffpipe data", "Write a registered dataset as the four MNIST IDX "
+                       "files (gzipped), readable by --dataset mnist --data-dir OUT_DIR.")
+    p.add_argument("action", choices=["export-idx"], help="what to do")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the IDX files")
+    p.add_argument("--dataset", default="mnist-5k", choices=DATASETS,
+                   help="dataset to export (28x28 images only)")
+    p.add_argument("--train-size", type=int, default=None, metavar="N",
+                   help="mnist-5k: images in the train split (default: the config's, 4000)")
     p.add_argument("--all-train", action="store_true",
                    help="mnist-5k: all 5,000 images as train files, no test files (add "
                         "the real t10k files to the folder yourself)")
@@ -119,47 +139,91 @@ def cmd_data(argv: list[str]) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Command:
+    run: str | Callable[[list[str]], int]  # "module:function" (imported when it runs) or a function
+    help: str
+
+    def function(self) -> Callable[[list[str]], int]:
+        if callable(self.run):
+            return self.run
+        module, _, name = self.run.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+# One line per command: `ffpipe NAME ARGS...` runs `function(ARGS)`.
+COMMANDS = {
+    "train": Command(train_main, "train a network (`ffpipe train --help` lists every option)"),
+    "worker": Command(worker_main, "one process of a cluster: the source, stage K or the sink"),
+    "drift": Command(drift_main, "plot and tabulate drift from a run folder"),
+    "compare": Command("pipeline.compare:compare_main",
+                       "schedules x normalizations side by side, plus linear probes"),
+    "bench": Command("pipeline.bench:bench_main",
+                     "pipeline / transport / drift-overhead / accuracy benchmarks"),
+    "keys": Command(keys_main, "CURVE keys for an encrypted zmq cluster"),
+    "data": Command(data_main, "export a dataset as the four MNIST IDX files"),
+    "evaluate": Command("pipeline.model_file:evaluate_main",
+                        "accuracy of a trained run on any dataset of matching shape"),
+    "predict": Command("pipeline.model_file:predict_main",
+                       "predicted labels and per-label goodness for IDX or .npy images"),
+    "runs": Command("pipeline.runs_table:runs_main", "a table of existing runs (--csv too)"),
+    "sweep": Command("pipeline.sweep:sweep_main",
+                     "a settings grid x seeds, one table (choosing defaults by measurement)"),
+}
+
+
+def top_parser():
+    width = max(len(name) for name in COMMANDS) + 2
+    listing = "\n".join(f"  {name:{width}s}{c.help}" for name, c in COMMANDS.items())
+    p = command_parser(
+        "ffpipe", "Forward-Forward and layer-local learning as a pipeline of processes.",
+        epilog=f"commands:\n{listing}\n\n`ffpipe COMMAND --help` shows a command's options; "
+               "`python -m pipeline` is the same as `ffpipe`. From Python: `from pipeline "
+               "import train, load_config` (README, \"Python API\").")
+    p.add_argument("-V", "--version", action="version", version=f"ffpipe {__version__}")
+    p.add_argument("command", metavar="COMMAND", nargs="?", help="one of the commands below")
+    p.add_argument("args", metavar="ARGS", nargs="*", help="the command's own options")
+    return p
+
+
 def _terminated(signum, frame):
     """SIGTERM unwinds like Ctrl-C, so launchers stop their children on the way out."""
     raise SystemExit(128 + signum)
 
 
-COMMANDS = {"train": cmd_train, "worker": cmd_worker, "drift": cmd_drift,
-            "compare": cmd_compare, "bench": cmd_bench, "keys": cmd_keys, "data": cmd_data,
-            "evaluate": lambda a: __import__("pipeline.model_file", fromlist="_").evaluate_main(a),
-            "predict": lambda a: __import__("pipeline.model_file", fromlist="_").predict_main(a),
-            "runs": lambda a: __import__("pipeline.runs_table", fromlist="_").runs_main(a)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: ffpipe {" + ",".join(COMMANDS) + "} ...\n"
-              "  train    train a network (ffpipe train --help for every option)\n"
-              "  worker   one process of a cluster (source, stage or sink)\n"
-              "  drift    plot and tabulate drift from a run folder\n"
-              "  compare  schedules x normalizations side by side\n"
-              "  bench    pipeline / transport / drift-overhead benchmarks\n"
-              "  keys     CURVE keys for the zmq transport\n"
-              "  data     export a dataset as IDX files", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    if argv[0] != "worker":  # workers handle SIGTERM themselves (checkpoint, then exit)
+def dispatch(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        top_parser().parse_args(argv)  # -h and -V exit here; a bad option raises
+        raise UserError(f"give a command: {', '.join(COMMANDS)}; `ffpipe --help` says what "
+                        f"each does")
+    name = argv[0]
+    if name not in COMMANDS:
+        raise UserError(f"invalid choice: {name!r}{did_you_mean(name, COMMANDS)}; choose "
+                        f"a command from {', '.join(COMMANDS)} (`ffpipe --help`)")
+    if name != "worker":  # workers handle SIGTERM themselves (checkpoint, then exit)
         signal.signal(signal.SIGTERM, _terminated)
         # A shell starts background jobs with SIGINT ignored; Ctrl-C must still stop us.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    return COMMANDS[name].function()(argv[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     try:
-        return COMMANDS[argv[0]](argv[1:])
-    except UserError as exc:
-        print(f"ffpipe: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except StageFailed as exc:
+        return dispatch(argv)
+    except (UserError, StageFailed) as exc:
         print(f"ffpipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ffpipe: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # --help, --version, a parser's own error, SIGTERM
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 1
+        return exc.code or 0
 
 
 if __name__ == "__main__":

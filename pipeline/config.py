@@ -2,13 +2,15 @@
 
 Every field carries its help text and its allowed values in `metadata`, so the one
 dataclass below is the single place a default or a rule lives. `load_config` builds a
-`RunConfig` from (defaults <- TOML file <- command-line overrides) and validates it once;
-any bad value raises `ConfigError` naming the field and what is allowed.
+`RunConfig` from (defaults <- the dataset's defaults <- TOML file <- overrides) and
+validates it once; any bad value raises `ConfigError` naming the field and what is allowed
+(and the closest key or value when one is misspelt).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -17,10 +19,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from pipeline.dataset_info import DATASET_DEFAULTS, DATASET_INPUT, DATASETS
+from pipeline.errors import ConfigError, did_you_mean
 
 SCHEDULES = ("pipelined", "lockstep", "sequential", "backprop")
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "digits", "synthetic")
 
 
 def opt(default, help: str, *, choices=None, lo=None, hi=None, each=None):
@@ -190,20 +192,9 @@ class RunConfig:
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "out"}
 
-# Short flags for the common fields: `--epochs 5` means `--train.epochs=5`.
-SHORT_FLAGS = {
-    "epochs": "train.epochs", "layers": "model.layers", "dataset": "data.dataset",
-    "data-dir": "data.data_dir", "schedule": "train.schedule", "out": "out",
-    "seed": "train.seed", "transport": "pipeline.transport", "devices": "pipeline.devices",
-    "threads-per-stage": "pipeline.threads_per_stage", "replay": "pipeline.replay",
-    "max-staleness": "pipeline.max_staleness", "normalization": "model.normalization",
-    "batch-size": "train.batch_size", "lr": "train.lr", "queue-policy": "pipeline.queue_policy",
-    "eval-every": "train.eval_every", "probe-every": "drift.probe_every",
-}
-BOOL_FLAGS = {"resume": "pipeline.resume", "overwrite": "pipeline.overwrite",
-              "head": "model.head"}
 # Keys of a run's config.json that describe the run rather than configure it.
 RECORD_ONLY_KEYS = ("provenance",)
+_type_hints = functools.cache(typing.get_type_hints)  # per section class: validate asks often
 
 
 def _field_of(obj, dotted: str):
@@ -212,14 +203,22 @@ def _field_of(obj, dotted: str):
     owner = obj
     for part in parts[:-1]:
         if not dataclasses.is_dataclass(owner) or part not in SECTIONS:
-            raise ConfigError(f"unknown config section '{part}' in '{dotted}'; "
-                              f"sections: {', '.join(SECTIONS)}")
+            raise ConfigError(f"unknown config section '{part}' in '{dotted}'"
+                              f"{did_you_mean(part, SECTIONS)}; sections: "
+                              f"{', '.join(SECTIONS)}")
         owner = getattr(owner, part)
     fields = {f.name: f for f in dataclasses.fields(owner)}
     name = parts[-1]
     if name not in fields or dataclasses.is_dataclass(getattr(owner, name)):
-        raise ConfigError(f"unknown config key '{dotted}'; "
-                          f"try `ffpipe train --help` for the list")
+        homes = [s for s in SECTIONS if len(parts) == 1 and
+                 name in {f.name for f in dataclasses.fields(getattr(obj, s))}]
+        if homes:  # `epochs = 2` at the top of a TOML file
+            raise ConfigError(f"'{dotted}' belongs in [{homes[0]}]: write it under "
+                              f"[{homes[0]}] in a TOML file, or --{homes[0]}.{name} VALUE")
+        keys = [k for k, _, _ in iter_fields(obj)]
+        raise ConfigError(f"unknown config key '{dotted}'"
+                          f"{did_you_mean(dotted.replace('-', '_'), keys)}; "
+                          f"`ffpipe train --help` lists every key")
     return owner, fields[name]
 
 
@@ -231,7 +230,7 @@ def _coerce(value, tp, key: str):
             (inner,) = typing.get_args(tp)
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v.strip()]
-            if not isinstance(value, list):
+            if not isinstance(value, (list, tuple)):
                 raise ValueError
             return [_coerce(v, inner, key) for v in value]
         if tp is bool:
@@ -262,30 +261,47 @@ def _coerce(value, tp, key: str):
     raise ConfigError(f"{key}: expected {name}, got {value!r}")
 
 
-def set_value(cfg: RunConfig, dotted: str, value) -> None:
+def set_value(cfg: RunConfig, dotted: str, value) -> str:
+    """Set one key (converted to its declared type); returns the key as it is spelt in
+    the config ('train.batch_size' for 'train.batch-size')."""
     owner, f = _field_of(cfg, dotted)
-    hints = typing.get_type_hints(type(owner))
+    hints = _type_hints(type(owner))
     setattr(owner, f.name, _coerce(value, hints[f.name], dotted))
+    return dotted.replace("-", "_")
 
 
-def _apply_table(cfg: RunConfig, table: dict, prefix: str = "") -> None:
+def _apply_table(cfg: RunConfig, table: dict, prefix: str = "", given: set | None = None):
     for key, value in table.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
             if prefix or key not in SECTIONS:
-                raise ConfigError(f"unknown config section '{dotted}'; "
-                                  f"sections: {', '.join(SECTIONS)}")
-            _apply_table(cfg, value, f"{key}.")
+                raise ConfigError(f"unknown config section [{dotted}]"
+                                  f"{did_you_mean(key, SECTIONS)}; sections: "
+                                  f"{', '.join(SECTIONS)}")
+            _apply_table(cfg, value, f"{key}.", given)
         else:
-            set_value(cfg, dotted, value)
+            key = set_value(cfg, dotted, value)
+            if given is not None:
+                given.add(key)
+
+
+def apply_dataset_defaults(cfg: RunConfig, given: set) -> None:
+    """DATASET_INPUT and DATASET_DEFAULTS for every key not in `given`."""
+    name = cfg.data.dataset
+    if "model.layers" not in given and name in DATASET_INPUT:
+        cfg.model.layers = [DATASET_INPUT[name]] + cfg.model.layers[1:]
+    for key, value in DATASET_DEFAULTS.get(name, {}).items():
+        if key not in given:
+            set_value(cfg, key, value)
 
 
 def _check_field(key: str, value, meta: dict) -> None:
     items = value if isinstance(value, list) else [value]
     for item in items:
         if meta.get("choices") and item not in meta["choices"]:
-            raise ConfigError(f"{key}: {item!r} is not allowed; choose one of "
-                              f"{', '.join(meta['choices'])}")
+            raise ConfigError(f"{key}: {item!r} is not allowed"
+                              f"{did_you_mean(str(item), meta['choices'])}; "
+                              f"choose one of {', '.join(meta['choices'])}")
         if meta.get("lo") is not None and item < meta["lo"]:
             raise ConfigError(f"{key}: must be >= {meta['lo']}, got {item!r}")
         if meta.get("hi") is not None and item > meta["hi"]:
@@ -293,7 +309,10 @@ def _check_field(key: str, value, meta: dict) -> None:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Check every field's own rule, then the rules that tie fields together."""
+    """Convert every field as the command line would (a config built in code: `lr=1` is
+    1.0, `lr="fast"` an error), check its own rule, then the rules that tie fields together."""
+    for key, value, _ in list(iter_fields(cfg)):
+        set_value(cfg, key, value)
     for key, value, meta in iter_fields(cfg):
         _check_field(key, value, meta)
     m, t, p = cfg.model, cfg.train, cfg.pipeline
@@ -338,9 +357,11 @@ def iter_fields(obj, prefix: str = ""):
             yield f"{prefix}{f.name}", value, f.metadata
 
 
-def load_config(path: str | None = None, overrides: list[tuple[str, object]] = ()) -> RunConfig:
-    """Defaults <- TOML (or a run's config.json) <- (key, value) overrides, validated."""
-    cfg = RunConfig()
+def load_config(path: str | None = None, overrides=()) -> RunConfig:
+    """Defaults <- the dataset's defaults <- TOML (or a run's config.json) <- overrides
+    (`(key, value)` pairs or a dict), validated. The dataset's defaults (DATASET_INPUT,
+    DATASET_DEFAULTS) fill only keys that neither the file nor the overrides set."""
+    table = {}
     if path:
         try:
             text = Path(path).read_text()
@@ -354,18 +375,19 @@ def load_config(path: str | None = None, overrides: list[tuple[str, object]] = (
                               f"{str(exc).splitlines()[0]}") from None
         if not isinstance(table, dict):
             raise ConfigError(f"config file {path}: expected a table of sections")
-        _apply_table(cfg, {k: v for k, v in table.items() if k not in RECORD_ONLY_KEYS})
-    for key, value in overrides:
-        set_value(cfg, key, value)
-    return validate(cfg)
+    return from_dict(table, overrides)
 
 
 def to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(d: dict) -> RunConfig:
-    """Rebuild a config from `to_dict` output (e.g. a run's config.json)."""
-    cfg = RunConfig()
-    _apply_table(cfg, {k: v for k, v in d.items() if k not in RECORD_ONLY_KEYS})
+def from_dict(d: dict, overrides=()) -> RunConfig:
+    """Rebuild a config from `to_dict` output (e.g. a run's config.json), or any table of
+    sections, then the overrides; see `load_config`."""
+    cfg, given = RunConfig(), set()
+    _apply_table(cfg, {k: v for k, v in d.items() if k not in RECORD_ONLY_KEYS}, given=given)
+    for key, value in (overrides.items() if isinstance(overrides, dict) else overrides):
+        given.add(set_value(cfg, key, value))
+    apply_dataset_defaults(cfg, given)
     return validate(cfg)

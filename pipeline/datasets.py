@@ -11,6 +11,9 @@ overlay (`pipeline.ff.overlay`); for MNIST those are blank corner pixels, so not
   `DIR/MNIST/raw/`, `DIR/FashionMNIST/raw/`, or any subfolder holding all four).
 - `digits`: sklearn's 8x8 digits, split like mnist-5k.
 - `synthetic`: seeded Gaussian clusters, 64 features, for fast tests.
+
+What the config needs to know about each without loading it (input size, the defaults
+it brings) is in `pipeline.dataset_info`.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ class Dataset:
         """A model with these widths can train on this data (before any process starts)."""
         if layers[0] != self.input_dim:
             raise ConfigError(f"model.layers: the first width must equal the data's input "
-                              f"size ({self.input_dim} for {self.name}), got {layers[0]}")
+                              f"size ({self.input_dim} for {self.name}), got {layers[0]}: "
+                              f"--layers {','.join(map(str, [self.input_dim, *layers[1:]]))}")
         if self.input_dim < self.num_classes:
             raise ConfigError(f"{self.name}: input size {self.input_dim} is smaller than "
                               f"the {self.num_classes} label positions of the overlay")
@@ -99,19 +103,22 @@ def load_digits(cfg: DataConfig) -> Dataset:
 
     d = sk_digits()  # [1797, 64], values 0..16
     n = len(d.data)
-    # The default train_size (4000) is meant for mnist-5k; here fall back to 80 %.
-    n_train = cfg.train_size if cfg.train_size < n else int(0.8 * n)
+    if cfg.train_size >= n:  # `ffpipe train --dataset digits` gets 80 % (dataset_info)
+        raise ConfigError(f"data.train_size: must be < {n} for digits (the rest is the test "
+                          f"split), got {cfg.train_size}")
     y = torch.from_numpy(np.asarray(d.target, dtype=np.int64))
-    return _split(_pixels(d.data, 16.0), y, n_train, cfg.split_seed, "digits", (8, 8))
+    return _split(_pixels(d.data, 16.0), y, cfg.train_size, cfg.split_seed, "digits", (8, 8))
 
 
 def load_synthetic(cfg: DataConfig, num_classes: int = 10, dim: int = 64,
                    n_test: int = 400) -> Dataset:
     """Gaussian clusters squashed by a sigmoid into (0, 1); every draw comes from
-    `split_seed`, so the same seed gives the same tensors. Easily separable (a small MLP
-    gets well over 90 %) even after the label overlay hides the first features."""
+    `split_seed`, so the same seed gives the same tensors. `train_size` images are drawn
+    for training (1,600 unless set: dataset_info), `n_test` more for the test split.
+    Easily separable (a small MLP gets well over 90 %) even after the label overlay hides
+    the first features."""
     g = torch.Generator().manual_seed(cfg.split_seed)
-    n_train = cfg.train_size if cfg.train_size < 2000 else 1600
+    n_train = cfg.train_size
     n = n_train + n_test
     centres = torch.randn(num_classes, dim, generator=g)  # unit scale: ~99+ % for an MLP
     y = torch.arange(n) % num_classes  # balanced classes ...

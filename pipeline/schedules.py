@@ -81,12 +81,13 @@ def _eval(cfg, ds, layers, head, rec, step, samples, final=False) -> dict:
 
 
 def _finish(cfg, ds, rec, trainers, head, step, samples, t0, train_s, progress) -> dict:
-    progress.close()
+    progress.phase("final evaluation")
     save_layer_states(cfg.out, [tr.state_dict() for tr in trainers])
     if head:
         save_module(cfg.out, "head", head.head)
     layers = [tr.layer for tr in trainers]
     metrics = _eval(cfg, ds, layers, head, rec, step, samples, final=True)
+    progress.close()
     wall = time.monotonic() - t0
     summary = rec.finish({**metrics, "train_samples": samples, "wall_seconds": wall,
                           "train_seconds": train_s,
@@ -125,10 +126,10 @@ def train_lockstep(cfg: RunConfig, ds: Dataset) -> dict:
     t0, K, trainers, layers, head = r.t0, r.K, r.trainers, r.layers, r.head
     rec, stream, probe = r.rec, r.stream, r.probe
     n, total = stream.n, stream.total
-    progress = Progress(cfg.train.epochs * n, f"{cfg.train.schedule}")
+    progress = Progress(cfg.train.epochs * n, cfg.train.schedule, epochs=cfg.train.epochs)
     step = samples = 0
     for b in stream.batches(hard=r.hard(K)):
-        x, y, epoch = b.x, b.y, b.epoch
+        x, y = b.x, b.y
         if cfg.drift.probe_every and step % cfg.drift.probe_every == 0:
             _probe(rec, trainers, probe, step, K)
         pos, neg = stream.pair(x, y, b.wrong)
@@ -138,7 +139,7 @@ def train_lockstep(cfg: RunConfig, ds: Dataset) -> dict:
         if head:
             head.step(layers, x, y)
         step, samples = step + 1, samples + len(x)
-        progress.update(len(x), epoch=epoch)
+        progress.update(len(x), loss=rec.stats[K - 1].means()["loss"])
         if step % cfg.train.log_every == 0:
             for k in range(K):
                 rec.log_layer(k, step, samples, lr=cfg.train.lr * lr_gain(
@@ -156,7 +157,8 @@ def train_sequential(cfg: RunConfig, ds: Dataset) -> dict:
     t0, K, trainers, layers, head = r.t0, r.K, r.trainers, r.layers, r.head
     rec, stream, probe = r.rec, r.stream, r.probe
     n, B, per_layer = stream.n, stream.B, stream.total
-    progress = Progress(K * cfg.train.epochs * n, "sequential")
+    progress = Progress(K * cfg.train.epochs * n, "sequential", epochs=cfg.train.epochs,
+                        layers=K)
     step = 0
     for k, tr in enumerate(trainers):  # each layer: epochs 0..E-1 of the same stream
         local = 0
@@ -172,7 +174,7 @@ def train_sequential(cfg: RunConfig, ds: Dataset) -> dict:
             _, _, stats = tr.train_step(pos, neg, local / per_layer)
             rec.add(k, stats)
             local, step = local + 1, step + 1
-            progress.update(len(b.x), layer=k)
+            progress.update(len(b.x), loss=rec.stats[k].means()["loss"])
             if local % cfg.train.log_every == 0:
                 rec.log_layer(k, step, local * B)
         for p in tr.layer.parameters():
@@ -213,7 +215,7 @@ def train_backprop(cfg: RunConfig, ds: Dataset) -> dict:
     probe = probe_inputs(ds.x_train, ds.y_train, cfg, ds.num_classes)
     stream = BatchStream(cfg, ds)
     n, total, neutral = stream.n, stream.total, stream.neutral
-    progress = Progress(cfg.train.epochs * n, "backprop")
+    progress = Progress(cfg.train.epochs * n, "backprop", epochs=cfg.train.epochs)
     step = samples = 0
     for b in stream.batches():  # the wrong labels are drawn but unused
         if cfg.drift.probe_every and step % cfg.drift.probe_every == 0:
@@ -229,19 +231,20 @@ def train_backprop(cfg: RunConfig, ds: Dataset) -> dict:
         loss.backward()
         opt.step()
         step, samples = step + 1, samples + len(b.x)
-        progress.update(len(b.x), epoch=b.epoch)
+        progress.update(len(b.x), loss=loss.item())
         for k in range(K):
             rec.add(k, {"loss": loss.item(), "g_pos": 0.0, "g_neg": 0.0})
             if step % cfg.train.log_every == 0:
                 rec.log_layer(k, step, samples)
     train_s = time.monotonic() - t0
-    progress.close()
+    progress.phase("final evaluation")
     save_layer_states(cfg.out, [{"layer": layer.state_dict(), "version": step}
                                 for layer in net.layers])
     save_module(cfg.out, "readout", net.readout)
     with torch.no_grad():
         pred = net(neutral(ds.x_test)).argmax(1)
     metrics = {"test_accuracy": accuracy(pred, ds.y_test)}
+    progress.close()
     rec.log_eval(step, samples, metrics, final=True)
     summary = rec.finish({**metrics, "train_samples": samples,
                           "wall_seconds": time.monotonic() - t0, "train_seconds": train_s,

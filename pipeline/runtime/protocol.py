@@ -5,6 +5,7 @@ agree on above it.
     ctrl start       first message of a stream: the classes, the sample budget, where a
                      resumed stream starts (the sink needs no dataset)
     train            pos, neg [B, d] (+ neutral, y, feats with the head); meta step/total/n
+                     (+ epoch, loss)
     eval             x [n*C, d] one row per (image, candidate label), acc [n*C], y [n]
     probe            x [probe_size, d]: the fixed drift probe set
     ctrl epoch       an epoch boundary (+ how fresh the hard-negative scores were)
@@ -40,6 +41,10 @@ META_SCHEMA = {
     "scores": {"step": int},
 }
 START_SCHEMA = {"classes": int, "total_samples": int, "done_samples": int, "step": int}
+# Meta fields a kind may carry, checked when present: the source's epoch, and the recent
+# mean loss each stage writes into the train messages it forwards (the last stage's
+# reaches the sink, which shows it on the progress bar).
+OPTIONAL_META = {"train": {"epoch": int, "loss": float}}
 
 # What every tensor a role takes must be: labels int64, the eval accumulator float32,
 # activations float32 or bfloat16 (`pipeline.wire_dtype`). Any other dtype the wire
@@ -63,6 +68,8 @@ def _check_types(what: str, meta: dict, schema: dict) -> None:
 
 def check_meta(kind: str, meta: dict) -> None:
     _check_types(kind, meta, META_SCHEMA[kind])
+    _check_types(kind, meta, {k: tp for k, tp in OPTIONAL_META.get(kind, {}).items()
+                              if k in meta})
     if kind == "train" and not (0 <= meta["step"] < meta["total"] and meta["n"] >= 0):
         raise WireError(f"train message: step {meta['step']} outside 0..total-1")
     if kind == "eval" and not 0 <= meta["chunk"] < meta["n_chunks"]:

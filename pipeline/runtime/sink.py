@@ -1,7 +1,8 @@
 """The sink: end of the pipeline. Turns eval accumulators into accuracy (goodness
 inference, and the head's if it is on), logs accuracy over time to sink.jsonl, shows the
-progress bar, and writes summary.json (and the head's weights, ckpt/head.pt) when the
-stop arrives.
+progress bar (starting processes, epoch e/E with the last stage's loss and the latest test
+accuracy, final evaluation), and writes summary.json (and the head's weights,
+ckpt/head.pt) when the stop arrives.
 """
 
 from __future__ import annotations
@@ -72,14 +73,17 @@ class Sink:
         if self.C is not None:
             return
         self.C, self.resumed_at = meta["classes"], meta["step"]
-        self.progress = Progress(meta["total_samples"], "pipelined")
-        self.progress.update(meta["done_samples"])
+        if self.progress is not None:
+            self.progress.set_total(meta["total_samples"], meta["done_samples"])
+            self.progress.phase(None)  # training: the bar counts epochs
         if self.cfg.model.head:
             self.head = LinearHead(self.cfg.model.layers[2:], self.C)
             self.head_opt = torch.optim.Adam(self.head.parameters(), lr=self.cfg.train.head_lr)
 
     def run(self) -> dict:
         records = JsonlWriter(self.out / "sink.jsonl", append=self.cfg.pipeline.resuming)
+        self.progress = Progress(None, "pipelined", epochs=self.cfg.train.epochs)
+        self.progress.phase("starting processes")  # until the source's start message
         try:
             while True:
                 msg = self.flow.recv()
@@ -149,7 +153,9 @@ class Sink:
         self.t_last_train = time.time()
         self.arrivals.append((self.t_last_train, self.samples))
         if self.progress is not None:
-            self.progress.update(n)
+            self.progress.update(n, loss=msg.meta.get("loss"))
+            if self.progress.total and self.progress.n >= self.progress.total:
+                self.progress.phase("final evaluation")
         if self.head is not None and "feats" in msg.tensors:
             feats = expect(msg, "feats", self.head.linear.in_features)
             y = self.labels(msg, len(feats))
@@ -165,6 +171,8 @@ class Sink:
         y = self.labels(msg)
         scores = expect(msg, "acc", rows=len(y) * self.C, ndim=1).float().view(-1, self.C)
         tally = self.tallies.setdefault(meta["eval_id"], EvalTally(meta))
+        if tally.final and self.progress is not None:  # (also when train inputs were dropped)
+            self.progress.phase("final evaluation")
         tally.chunks += 1
         tally.n += len(y)
         tally.correct += int((scores.argmax(1) == y).sum())

@@ -152,6 +152,7 @@ class StageWorker:
         out_pos, out_neg, stats = self.trainer.train_step(pos, neg, meta["step"] / meta["total"])
         self.board.publish(self.k, self.trainer.version)
         self.stats.add(stats)
+        msg.meta["loss"] = self.stats.means()["loss"]  # for the sink's bar: the last stage's
         self.samples += n
         self.source_step = meta["step"]
         for j, s in enumerate(stale):

@@ -18,8 +18,8 @@ def config_error(overrides=(), path=None) -> str:
 
 
 def test_defaults_validate():
-    cfg = validate(RunConfig())
-    assert load_config(None, []) == cfg
+    cfg = validate(RunConfig(out="runs/x"))  # (without out each gets runs/<date-time>)
+    assert load_config(None, [("out", "runs/x")]) == cfg
 
 
 def test_config_round_trips_through_dict():
@@ -209,3 +209,44 @@ def test_parse_overrides_rejects_positional_and_missing_value():
         parse_overrides(["stray"])
     with pytest.raises(ConfigError, match="--epochs"):
         parse_overrides(["--epochs"])
+
+
+# ------------------------------------------------------------ dataset defaults
+
+@pytest.mark.parametrize("name", ["digits", "synthetic", "mnist-5k"])
+def test_the_first_width_follows_the_data_unless_layers_is_given(name):
+    from pipeline.dataset_info import DATASET_INPUT
+    cfg = load_config(None, [("data.dataset", name)])
+    assert cfg.model.layers == [DATASET_INPUT[name]] + RunConfig().model.layers[1:]
+    given = load_config(None, [("data.dataset", name), ("model.layers", "784,10,10")])
+    assert given.model.layers == [784, 10, 10]
+
+
+def test_a_datasets_defaults_fill_only_keys_the_run_does_not_set(tmp_path):
+    from pipeline.dataset_info import DATASET_DEFAULTS
+    own = DATASET_DEFAULTS["synthetic"]
+    cfg = load_config(None, {"data.dataset": "synthetic"})
+    assert cfg.model.label_strength == own["model.label_strength"] != 1.0
+    assert cfg.data.train_size == own["data.train_size"]
+    # Set to the dataclass default, on the command line or in a file: kept as set.
+    assert load_config(None, {"data.dataset": "synthetic",
+                              "model.label_strength": 1.0}).model.label_strength == 1.0
+    path = tmp_path / "run.toml"
+    path.write_text('[data]\ndataset = "synthetic"\n[model]\nlabel_strength = 1.0\n')
+    assert load_config(str(path)).model.label_strength == 1.0
+    assert load_config(str(path)).data.train_size == own["data.train_size"]
+
+
+def test_a_run_config_json_reproduces_the_run_whatever_the_dataset_defaults():
+    cfg = load_config(None, {"data.dataset": "synthetic", "model.label_strength": 1.0,
+                             "model.layers": "64,20,20"})
+    again = from_dict(to_dict(cfg))
+    assert again == cfg and again.model.label_strength == 1.0
+
+
+def test_validation_is_the_same_for_a_config_built_in_code():
+    from pipeline.config import TrainConfig
+    with pytest.raises(ConfigError, match="train.optimizer.*did you mean adam"):
+        validate(RunConfig(train=TrainConfig(optimizer="adamw")))
+    with pytest.raises(ConfigError, match="train.lr"):
+        validate(RunConfig(train=TrainConfig(lr=-1.0)))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pipeline.config import DATASETS as CONFIG_DATASETS
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, load_config
+from pipeline.dataset_info import DATASET_INPUT
 from pipeline.datasets import (DATASETS, IDX_NAMES, Dataset, export_idx, find_idx_files,
                                load_dataset)
 from pipeline.errors import ConfigError, DataError
@@ -17,6 +18,12 @@ from pipeline.idx import write_idx
 
 def cfg(**kw) -> DataConfig:
     return DataConfig(**kw)
+
+
+def cli_data(**kw) -> DataConfig:
+    """The data section `ffpipe train --data.KEY VALUE ...` gets: the dataset's defaults
+    fill what is not given."""
+    return load_config(None, {f"data.{k}": v for k, v in kw.items()}).data
 
 
 @pytest.fixture(scope="module")
@@ -202,27 +209,49 @@ def test_unknown_dataset_raises_data_error_listing_choices():
     assert "mnist-5k" in assert_one_line(exc)
 
 
-def test_digits_falls_back_to_80_percent_train_and_scales_to_unit_range():
-    ds = load_dataset(cfg(dataset="digits"))  # default train_size 4000 > 1797 digits
-    assert ds.x_train.shape == (1437, 64) and ds.x_test.shape == (360, 64)
+def test_digits_keep_a_fifth_for_testing_by_default_and_scale_to_unit_range():
+    data = cli_data(dataset="digits")
+    ds = load_dataset(data)
+    n = len(ds.x_train) + len(ds.x_test)  # every digit is used, once
+    assert len(ds.x_train) == data.train_size and abs(len(ds.x_test) / n - 0.2) < 0.01
     assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
-    assert len(load_dataset(cfg(dataset="digits", train_size=1000)).x_train) == 1000
+    assert len(load_dataset(cli_data(dataset="digits", train_size=1000)).x_train) == 1000
+
+
+def test_digits_train_size_leaving_no_test_split_is_a_config_error_not_a_silent_change():
+    with pytest.raises(ConfigError) as exc:
+        load_dataset(cfg(dataset="digits", train_size=4000))
+    assert "data.train_size" in assert_one_line(exc)
 
 
 def test_synthetic_is_deterministic_per_seed_and_in_unit_range():
-    a = load_dataset(cfg(dataset="synthetic"))
-    b = load_dataset(cfg(dataset="synthetic"))
-    c = load_dataset(cfg(dataset="synthetic", split_seed=3))
+    a = load_dataset(cli_data(dataset="synthetic"))
+    b = load_dataset(cli_data(dataset="synthetic"))
+    c = load_dataset(cli_data(dataset="synthetic", split_seed=3))
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
     assert not torch.equal(a.x_train, c.x_train)
-    assert a.x_train.shape == (1600, 64) and a.x_test.shape == (400, 64)
+    assert len(a.x_train) == cli_data(dataset="synthetic").train_size
     assert a.input_dim == 64 and a.num_classes == 10
     assert 0.0 <= a.x_train.min() and a.x_train.max() <= 1.0
-    assert len(load_dataset(cfg(dataset="synthetic", train_size=200)).x_train) == 200
+    assert len(load_dataset(cli_data(dataset="synthetic", train_size=200)).x_train) == 200
+
+
+def test_synthetic_draws_exactly_the_train_size_asked_for_even_large_ones():
+    # It used to train on 1,600 images whenever train_size >= 2000, without a word.
+    assert len(load_dataset(cfg(dataset="synthetic", train_size=2500)).x_train) == 2500
+
+
+@pytest.mark.parametrize("name", ["digits", "synthetic"])
+def test_the_config_knows_each_datasets_input_size_without_loading_it(name):
+    assert load_dataset(cli_data(dataset=name)).input_dim == DATASET_INPUT[name]
+
+
+def test_the_config_knows_mnist5k_input_size(mnist5k):
+    assert mnist5k.input_dim == DATASET_INPUT["mnist-5k"]
 
 
 def test_synthetic_is_separable_even_with_overlay_features_hidden():
-    ds = load_dataset(cfg(dataset="synthetic"))
+    ds = load_dataset(cli_data(dataset="synthetic"))
     # Nearest class mean on features 10.. (the first 10 carry the FF label overlay).
     xtr, xte = ds.x_train[:, 10:], ds.x_test[:, 10:]
     means = torch.stack([xtr[ds.y_train == k].mean(0) for k in range(10)])

@@ -11,7 +11,8 @@ ROOT = Path(pipeline.__file__).parent
 
 # Lowest first. A module may import from its own layer and every layer above it here.
 LAYERS = [
-    ("config", ["errors", "config", "overrides", "provenance"]),
+    ("config", ["errors", "dataset_info", "config", "overrides", "provenance", "command_line",
+                "train_help"]),
     ("maths, data, run logs, drift", [
         "allocator", "augment", "precision", "ff", "layer_trainer", "evaluation", "linear_probes", "datasets", "idx",
         "batches", "runlog", "records", "drift", "drift.metrics", "drift.monitor",
