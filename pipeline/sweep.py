@@ -17,7 +17,6 @@ set: the table reports test accuracy of whatever the config evaluates on.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import itertools
@@ -29,22 +28,22 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.command_line import command_parser
 from pipeline.config import RunConfig, load_config, set_value, to_dict, validate
 from pipeline.errors import ConfigError
 from pipeline.overrides import parse_overrides
 from pipeline.processes.run_dir import recorded_config
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
-    p = argparse.ArgumentParser(
-        prog="ffpipe sweep", allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="train every cell of a settings grid for every seed; one table",
-        epilog="Any other option is a `ffpipe train` override applied to every run, e.g. "
-               "--schedule lockstep --epochs 30 --eval-every 0")
+def parse_args(argv: list[str]):
+    p = command_parser(
+        "ffpipe sweep", "train every cell of a settings grid for every seed; one table",
+        epilog="Any other option is a `ffpipe train` override applied to every run.\n\n"
+               "example:\n  ffpipe sweep --grid train.loss ff symba --grid train.lr 1e-3 "
+               "3e-3 --seeds 0,1,2 --jobs 2 --schedule lockstep --eval-every 0")
     p.add_argument("--grid", nargs="+", action="append", default=[], metavar="KEY VALUE",
                    help="one axis: a config key and its values, e.g. --grid train.lr 1e-3 "
-                        "3e-3 (repeat for more axes)")
+                        "3e-3 (repeat for more axes; default: one cell, the config itself)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--jobs", type=int, default=1, help="runs at once")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
