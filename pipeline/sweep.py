@@ -43,7 +43,7 @@ def parse_args(argv: list[str]):
                "3e-3 --seeds 0,1,2 --jobs 2 --schedule lockstep --eval-every 0")
     p.add_argument("--grid", nargs="+", action="append", default=[], metavar="KEY VALUE",
                    help="one axis: a config key and its values, e.g. --grid train.lr 1e-3 "
-                        "3e-3 (repeat for more axes; default: one cell, the config itself)")
+                        "3e-3; repeat for more axes (default: one cell, the config itself)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--jobs", type=int, default=1, help="runs at once")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
