@@ -9,6 +9,8 @@ agree on above it.
     probe            x [probe_size, d]: the fixed drift probe set
     ctrl epoch       an epoch boundary        ctrl checkpoint   save now
     ctrl stop        end of stream; every stage appends its final stats
+    ctrl heartbeat   a stage that has sent nothing for a while is alive (meta stage: which);
+                     forwarded like any message, so the sink can tell who has gone silent
 
 The roles check this schema before acting (`check_meta`, `expect`), so a stage never trips
 over a well-formed message that lacks what its kind promises (or carries NaN or Inf
@@ -24,7 +26,8 @@ import torch
 from pipeline.config import RunConfig
 from pipeline.wire import Message, WireError, ctrl
 
-CTRL_OPS = ("start", "stop", "checkpoint", "epoch")
+HEARTBEAT = "heartbeat"
+CTRL_OPS = ("start", "stop", "checkpoint", "epoch", HEARTBEAT)
 
 # Meta fields each kind must carry, with their types.
 META_SCHEMA = {
@@ -34,6 +37,7 @@ META_SCHEMA = {
     "ctrl": {"op": str},
 }
 START_SCHEMA = {"classes": int, "total_samples": int, "done_samples": int, "step": int}
+HEARTBEAT_SCHEMA = {"stage": int}
 
 # What every tensor a role takes must be: activations (and the eval accumulator) are
 # float32, labels int64. Any other dtype the wire allows would reach a matmul and crash.
@@ -66,6 +70,8 @@ def check_meta(kind: str, meta: dict) -> None:
             _check_types("start", meta, START_SCHEMA)
             if meta["classes"] < 2:
                 raise WireError(f"start message: {meta['classes']} classes")
+        if meta["op"] == HEARTBEAT:
+            _check_types(HEARTBEAT, meta, HEARTBEAT_SCHEMA)
 
 
 def start_message(classes: int, total_samples: int, done_samples: int, step: int) -> Message:
