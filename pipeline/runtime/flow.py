@@ -4,7 +4,8 @@ instead of blocking forever on a full or empty hop.
 
 With a `Watch` (`pipeline.silence_timeout`), a process also notices a neighbour that has
 gone silent without dying where a launcher could see it (`docker kill`, a frozen or cut-off
-host): it stops with a `Silence` error that names it, instead of waiting forever.
+host) and raises `Silence`, naming it, instead of waiting forever: the sink fails the run
+with it, the other roles stop as if asked to (`runtime.roles.run_process`).
 """
 
 from __future__ import annotations
@@ -37,14 +38,23 @@ class Watch:
     the stage that sent it and every one after it. So the most downstream process not heard
     from for `timeout` seconds is the one that went silent: those above it may be alive,
     but nothing of theirs gets through it. A sender that cannot hand anything on for twice
-    the timeout stops too; the receivers below the silent process name it first.
+    the timeout gives up too; the receivers below the silent process have named it by then.
+
+    Silence counts only after first contact, so start order and start-up time never matter:
+    upstream, from the first message that passed a process; downstream, once more messages
+    went through than the hop holds (`capacity`: someone took them). A resuming process
+    rejoins a running pipeline: contact is presumed from the start.
     """
 
-    def __init__(self, position: int, n_layers: int, timeout: float, clock=time.monotonic):
-        self.position, self.K, self.timeout, self.clock = position, n_layers, timeout, clock
+    def __init__(self, position: int, n_layers: int, timeout: float, *, capacity: int = 0,
+                 resumed: bool = False, clock=time.monotonic):
+        self.position, self.K, self.timeout = position, n_layers, timeout
+        self.capacity, self.clock = capacity, clock
         now = clock()
-        self.heard = [now] * position  # when each process upstream was last heard from
+        # When each process upstream was last heard from (None: not yet).
+        self.heard: list[float | None] = [now if resumed else None] * position
         self.last_sent = now
+        self.sends = capacity + 1 if resumed else 0
 
     def name(self, position: int) -> str:
         if position == 0:
@@ -65,26 +75,26 @@ class Watch:
     def check_upstream(self) -> None:
         now = self.clock()
         for p in reversed(range(self.position)):
-            if now - self.heard[p] > self.timeout:
+            if self.heard[p] is not None and now - self.heard[p] > self.timeout:
                 what = "from it" if p == 0 else "through it"
                 raise Silence(f"{self.name(self.position)}: {self.name(p)} has gone silent: "
                               f"nothing has come {what} for {self.timeout:g} s "
-                              f"(pipeline.silence_timeout); stopped by hand, or cut off? "
-                              f"Stopping the run")
+                              f"(pipeline.silence_timeout); stopped by hand, or cut off?")
 
     def check_downstream(self, blocked: float) -> None:
-        if blocked > 2 * self.timeout:
+        if self.sends > self.capacity and blocked > 2 * self.timeout:
             raise Silence(f"{self.name(self.position)}: {self.name(self.position + 1)} has "
                           f"taken nothing for {2 * self.timeout:g} s (2 x "
-                          f"pipeline.silence_timeout): it or a process after it has "
-                          f"stopped (the processes below the silent one name it); stopping")
+                          f"pipeline.silence_timeout): it, or a process after it, has gone "
+                          f"silent")
 
     def sent(self, waited: float) -> None:
         """A send went through after `waited` seconds blocked, time in which this process
         was not listening: it does not count as silence upstream."""
         now = self.last_sent = self.clock()
+        self.sends += 1
         if waited > SLICE:
-            self.heard = [min(h + waited, now) for h in self.heard]
+            self.heard = [h if h is None else min(h + waited, now) for h in self.heard]
 
     def heartbeat(self) -> Message | None:
         """The heartbeat this stage owes downstream now, if any."""
@@ -97,11 +107,14 @@ class Watch:
 def watch_for(role: str, index: int, cfg: RunConfig) -> Watch | None:
     """The silence watch of one process; None when off (timeout 0, or torchrun ranks: a
     `dist` send cannot be given up, and torchrun ends the job when a rank dies)."""
-    timeout = cfg.pipeline.silence_timeout
-    if not timeout or cfg.pipeline.transport == "dist":
+    p = cfg.pipeline
+    if not p.silence_timeout or p.transport == "dist":
         return None
     position = {"source": 0, "stage": index + 1, "sink": cfg.n_layers + 1}[role]
-    return Watch(position, cfg.n_layers, timeout)
+    # What a hop holds before anyone reads it: the ring's slots; a zmq sender's queue.
+    capacity = p.queue_size if p.transport == "local" else cfg.net.hwm
+    return Watch(position, cfg.n_layers, p.silence_timeout, capacity=capacity,
+                 resumed=p.resuming)
 
 
 class Flow:

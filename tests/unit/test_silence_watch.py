@@ -47,7 +47,7 @@ def silent_name(watch: Watch) -> str | None:
 
 
 def test_the_sink_names_the_stage_nothing_comes_through(clock):
-    sink = Watch(K + 1, K, T, clock)
+    sink = Watch(K + 1, K, T, clock=clock)
     sink.heard_from(data())
     for _ in range(3):  # stage 2 is alive and says so; stage 1 stopped
         clock.now += T / 2
@@ -58,7 +58,8 @@ def test_the_sink_names_the_stage_nothing_comes_through(clock):
 
 
 def test_a_heartbeat_does_not_vouch_for_the_processes_above_its_stage(clock):
-    sink = Watch(K + 1, K, T, clock)
+    sink = Watch(K + 1, K, T, clock=clock)
+    sink.heard_from(data())
     clock.now += T + 1
     sink.heard_from(beat(0))  # stage 0 is alive, nothing has come from the source
     assert silent_name(sink).startswith("sink: source has gone silent: nothing has come "
@@ -68,7 +69,8 @@ def test_a_heartbeat_does_not_vouch_for_the_processes_above_its_stage(clock):
 
 
 def test_an_idle_stage_names_its_silent_upstream(clock):
-    stage2 = Watch(3, K, T, clock)
+    stage2 = Watch(3, K, T, clock=clock)
+    stage2.heard_from(data())
     clock.now += T / 2
     stage2.heard_from(beat(0))  # passed stage 1 on its way: both alive
     clock.now += T / 2 + 1
@@ -81,7 +83,8 @@ def test_an_idle_stage_names_its_silent_upstream(clock):
 @pytest.mark.parametrize("meta", [{"stage": 7}, {"stage": 3}, {"stage": -1}, {"stage": "1"},
                                   {"stage": True}, {}])
 def test_a_malformed_heartbeat_vouches_for_nobody(clock, meta):
-    sink = Watch(K + 1, K, T, clock)
+    sink = Watch(K + 1, K, T, clock=clock)
+    sink.heard_from(data())
     clock.now += T + 1
     sink.heard_from(ctrl(HEARTBEAT, **meta))
     assert silent_name(sink).startswith("sink: stage 2 has gone silent")
@@ -95,16 +98,39 @@ def test_the_protocol_refuses_a_heartbeat_without_an_integer_stage(meta):
 
 
 def test_a_sender_gives_up_after_twice_the_timeout_naming_its_downstream():
-    w = Watch(2, K, T)  # stage 1
+    w = Watch(2, K, T, resumed=True)  # stage 1
     w.check_downstream(2 * T - 1)
     with pytest.raises(Silence, match="stage 1: stage 2 has taken nothing for 20 s"):
         w.check_downstream(2 * T + 1)
     with pytest.raises(Silence, match="stage 2: sink has taken nothing"):
-        Watch(3, K, T).check_downstream(2 * T + 1)
+        Watch(3, K, T, resumed=True).check_downstream(2 * T + 1)
+
+
+def test_nothing_is_silent_before_first_contact_so_start_order_does_not_matter(clock):
+    sink = Watch(K + 1, K, T, clock=clock)
+    clock.now += 100 * T  # its peers take their time to start
+    assert silent_name(sink) is None
+    sink.heard_from(beat(2))  # stage 2 is up: only it is watched so far
+    clock.now += T + 1
+    assert silent_name(sink).startswith("sink: stage 2 has gone silent")
+    source = Watch(0, K, T, capacity=4)
+    for _ in range(4):  # what the hop holds before anyone reads it proves nothing
+        source.sent(0.0)
+    source.check_downstream(100 * T)
+    source.sent(0.0)  # a fifth went through: stage 0 took some
+    with pytest.raises(Silence, match="source: stage 0 has taken nothing"):
+        source.check_downstream(2 * T + 1)
+
+
+def test_a_resuming_process_counts_silence_from_its_start(clock):
+    sink = Watch(K + 1, K, T, resumed=True, clock=clock)
+    clock.now += T + 1
+    assert silent_name(sink).startswith("sink: stage 2 has gone silent")
 
 
 def test_time_blocked_in_send_is_not_silence_upstream(clock):
-    w = Watch(2, K, T, clock)
+    w = Watch(2, K, T, clock=clock)
+    w.heard_from(data())
     clock.now += T + 1
     w.sent(waited=T)  # it was not listening: the upstream could not be heard
     assert silent_name(w) is None
@@ -113,8 +139,8 @@ def test_time_blocked_in_send_is_not_silence_upstream(clock):
 
 
 def test_only_stages_send_heartbeats_and_only_when_they_have_sent_nothing_lately(clock):
-    source, stage0 = Watch(0, K, T, clock), Watch(1, K, T, clock)
-    sink = Watch(K + 1, K, T, clock)
+    source, stage0 = Watch(0, K, T, clock=clock), Watch(1, K, T, clock=clock)
+    sink = Watch(K + 1, K, T, clock=clock)
     assert stage0.heartbeat() is None
     clock.now += T / 4
     assert stage0.heartbeat().meta == {"op": HEARTBEAT, "stage": 0}
@@ -128,8 +154,11 @@ def test_watch_is_off_at_zero_and_under_torchrun(tmp_path):
         return load_config(None, [("model.layers", "8,6,4"), ("out", str(tmp_path)), *kv])
     assert watch_for("stage", 0, cfg(("pipeline.silence_timeout", "0"))) is None
     assert watch_for("sink", 0, cfg(("pipeline.transport", "dist"))) is None
-    on = watch_for("sink", 0, cfg(("pipeline.transport", "zmq")))
+    on = watch_for("sink", 0, cfg(("pipeline.transport", "zmq"), ("net.hwm", "3")))
     assert on.position == 3 and on.timeout == cfg().pipeline.silence_timeout > 0
+    assert on.capacity == 3 and on.heard == [None] * 3
+    local = watch_for("source", 0, cfg(("pipeline.queue_size", "5")))
+    assert local.position == 0 and local.capacity == 5
 
 
 class TickingClock(Clock):
@@ -148,7 +177,7 @@ def test_a_stage_with_a_silent_upstream_sends_heartbeats_then_stops(tmp_path):
                     tensors={"pos": torch.rand(2, 8), "neg": torch.rand(2, 8)})
     outbox = MemoryChannel(keep=True)
     flow = Flow(MemoryChannel([first]), outbox, lambda: False,
-                Watch(2, 2, 8.0, TickingClock()))
+                Watch(2, 2, 8.0, clock=TickingClock()))
     worker = StageWorker(1, cfg, flow)
     with pytest.raises(Silence, match="stage 1: stage 0 has gone silent"):
         worker.run()
