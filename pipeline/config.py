@@ -115,9 +115,9 @@ class PipelineConfig:
     restarts: int = opt(0, "times each stage process may be restarted alone, from its last "
                            "checkpoint, when it dies (local and zmq launchers; 0 = a dead "
                            "stage stops the run)", lo=0)
-    silence_timeout: float = opt(60.0, "seconds a process waits on a silent neighbour (a "
-                                       "stage stopped by hand, frozen or cut off) before it "
-                                       "stops the run naming it; senders wait twice this "
+    silence_timeout: float = opt(60.0, "seconds a process hears nothing through a stage "
+                                       "upstream (stopped by hand, frozen, cut off) before "
+                                       "it stops naming it; the sink's stop ends the run "
                                        "(0 = wait forever; not under torchrun)", lo=0.0)
 
     @property

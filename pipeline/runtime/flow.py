@@ -5,12 +5,14 @@ instead of blocking forever on a full or empty hop.
 With a `Watch` (`pipeline.silence_timeout`), a process also notices a neighbour that has
 gone silent without dying where a launcher could see it (`docker kill`, a frozen or cut-off
 host) and raises `Silence`, naming it, instead of waiting forever: the sink fails the run
-with it, the other roles stop as if asked to (`runtime.roles.run_process`).
+with it, the other roles stop as if asked to (`runtime.roles.run_process`), and those
+blocked above the silent process stop once the sink has ended the run.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.errors import StageFailed
@@ -26,7 +28,8 @@ class Stopped(Exception):
 
 
 class Silence(StageFailed):
-    """A neighbour has been silent for longer than pipeline.silence_timeout."""
+    """A neighbour has been silent for longer than pipeline.silence_timeout (or, to a
+    blocked sender, the sink has ended the run)."""
 
 
 class Watch:
@@ -37,24 +40,24 @@ class Watch:
     stage that has sent nothing for a quarter of the timeout says it is alive) has passed
     the stage that sent it and every one after it. So the most downstream process not heard
     from for `timeout` seconds is the one that went silent: those above it may be alive,
-    but nothing of theirs gets through it. A sender that cannot hand anything on for twice
-    the timeout gives up too; the receivers below the silent process have named it by then.
+    but nothing of theirs gets through it. Silence counts from the first message that
+    passed a process, so start order and start-up time never matter; a resuming process
+    rejoins a running pipeline, so for it silence counts from its start.
 
-    Silence counts only after first contact, so start order and start-up time never matter:
-    upstream, from the first message that passed a process; downstream, once more messages
-    went through than the hop holds (`capacity`: someone took them). A resuming process
-    rejoins a running pipeline: contact is presumed from the start.
+    A blocked sender cannot tell a silent process below it from a slow start further down
+    (backpressure looks the same), so it does not judge: it stops once the sink has ended
+    the run, which the sink's `summary` (written when the run ends, however it ends) says.
     """
 
-    def __init__(self, position: int, n_layers: int, timeout: float, *, capacity: int = 0,
-                 resumed: bool = False, clock=time.monotonic):
+    def __init__(self, position: int, n_layers: int, timeout: float, *,
+                 resumed: bool = False, summary: Path | None = None, clock=time.monotonic):
         self.position, self.K, self.timeout = position, n_layers, timeout
-        self.capacity, self.clock = capacity, clock
+        self.summary, self.clock = summary, clock
         now = clock()
         # When each process upstream was last heard from (None: not yet).
         self.heard: list[float | None] = [now if resumed else None] * position
         self.last_sent = now
-        self.sends = capacity + 1 if resumed else 0
+        self.started = time.time()  # to compare with the summary's modification time
 
     def name(self, position: int) -> str:
         if position == 0:
@@ -81,18 +84,20 @@ class Watch:
                               f"nothing has come {what} for {self.timeout:g} s "
                               f"(pipeline.silence_timeout); stopped by hand, or cut off?")
 
-    def check_downstream(self, blocked: float) -> None:
-        if self.sends > self.capacity and blocked > 2 * self.timeout:
-            raise Silence(f"{self.name(self.position)}: {self.name(self.position + 1)} has "
-                          f"taken nothing for {2 * self.timeout:g} s (2 x "
-                          f"pipeline.silence_timeout): it, or a process after it, has gone "
-                          f"silent")
+    def check_downstream(self) -> None:
+        """Blocked in a send: stop if the sink has ended the run since this process began."""
+        try:
+            ended = self.summary is not None and self.summary.stat().st_mtime >= self.started
+        except OSError:  # not written (yet)
+            return
+        if ended:
+            raise Silence(f"{self.name(self.position)}: the sink has ended the run (it wrote "
+                          f"{self.summary}); nothing more can be sent")
 
     def sent(self, waited: float) -> None:
         """A send went through after `waited` seconds blocked, time in which this process
         was not listening: it does not count as silence upstream."""
         now = self.last_sent = self.clock()
-        self.sends += 1
         if waited > SLICE:
             self.heard = [h if h is None else min(h + waited, now) for h in self.heard]
 
@@ -111,10 +116,8 @@ def watch_for(role: str, index: int, cfg: RunConfig) -> Watch | None:
     if not p.silence_timeout or p.transport == "dist":
         return None
     position = {"source": 0, "stage": index + 1, "sink": cfg.n_layers + 1}[role]
-    # What a hop holds before anyone reads it: the ring's slots; a zmq sender's queue.
-    capacity = p.queue_size if p.transport == "local" else cfg.net.hwm
-    return Watch(position, cfg.n_layers, p.silence_timeout, capacity=capacity,
-                 resumed=p.resuming)
+    return Watch(position, cfg.n_layers, p.silence_timeout, resumed=p.resuming,
+                 summary=Path(cfg.out) / "summary.json")
 
 
 class Flow:
@@ -134,7 +137,7 @@ class Flow:
                 if self.should_stop():
                     raise Stopped
                 if self.watch is not None:
-                    self.watch.check_downstream(time.perf_counter() - t0)
+                    self.watch.check_downstream()
         finally:
             waited = time.perf_counter() - t0
             self.wait_send += waited

@@ -4,6 +4,8 @@ a Flow that stops instead of waiting forever. The real processes: test_silent_st
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -97,13 +99,16 @@ def test_the_protocol_refuses_a_heartbeat_without_an_integer_stage(meta):
         check_meta("ctrl", {"op": HEARTBEAT, **meta})
 
 
-def test_a_sender_gives_up_after_twice_the_timeout_naming_its_downstream():
-    w = Watch(2, K, T, resumed=True)  # stage 1
-    w.check_downstream(2 * T - 1)
-    with pytest.raises(Silence, match="stage 1: stage 2 has taken nothing for 20 s"):
-        w.check_downstream(2 * T + 1)
-    with pytest.raises(Silence, match="stage 2: sink has taken nothing"):
-        Watch(3, K, T, resumed=True).check_downstream(2 * T + 1)
+def test_a_blocked_sender_stops_once_the_sink_has_ended_the_run(tmp_path):
+    summary = tmp_path / "summary.json"
+    w = Watch(2, K, T, summary=summary)  # stage 1
+    w.check_downstream()  # no summary: the pipeline below may still be starting
+    summary.write_text("{}")
+    os.utime(summary, (w.started - 60, w.started - 60))  # an earlier session's
+    w.check_downstream()
+    os.utime(summary, (w.started + 1, w.started + 1))
+    with pytest.raises(Silence, match="stage 1: the sink has ended the run"):
+        w.check_downstream()
 
 
 def test_nothing_is_silent_before_first_contact_so_start_order_does_not_matter(clock):
@@ -113,13 +118,6 @@ def test_nothing_is_silent_before_first_contact_so_start_order_does_not_matter(c
     sink.heard_from(beat(2))  # stage 2 is up: only it is watched so far
     clock.now += T + 1
     assert silent_name(sink).startswith("sink: stage 2 has gone silent")
-    source = Watch(0, K, T, capacity=4)
-    for _ in range(4):  # what the hop holds before anyone reads it proves nothing
-        source.sent(0.0)
-    source.check_downstream(100 * T)
-    source.sent(0.0)  # a fifth went through: stage 0 took some
-    with pytest.raises(Silence, match="source: stage 0 has taken nothing"):
-        source.check_downstream(2 * T + 1)
 
 
 def test_a_resuming_process_counts_silence_from_its_start(clock):
@@ -154,11 +152,10 @@ def test_watch_is_off_at_zero_and_under_torchrun(tmp_path):
         return load_config(None, [("model.layers", "8,6,4"), ("out", str(tmp_path)), *kv])
     assert watch_for("stage", 0, cfg(("pipeline.silence_timeout", "0"))) is None
     assert watch_for("sink", 0, cfg(("pipeline.transport", "dist"))) is None
-    on = watch_for("sink", 0, cfg(("pipeline.transport", "zmq"), ("net.hwm", "3")))
+    on = watch_for("sink", 0, cfg(("pipeline.transport", "zmq")))
     assert on.position == 3 and on.timeout == cfg().pipeline.silence_timeout > 0
-    assert on.capacity == 3 and on.heard == [None] * 3
-    local = watch_for("source", 0, cfg(("pipeline.queue_size", "5")))
-    assert local.position == 0 and local.capacity == 5
+    assert on.heard == [None] * 3 and on.summary == tmp_path / "summary.json"
+    assert watch_for("stage", 1, cfg(("pipeline.resume", "true"))).heard[0] is not None
 
 
 class TickingClock(Clock):
