@@ -41,8 +41,8 @@ class Watch:
     the stage that sent it and every one after it. So the most downstream process not heard
     from for `timeout` seconds is the one that went silent: those above it may be alive,
     but nothing of theirs gets through it. Silence counts from the first message that
-    passed a process, so start order and start-up time never matter; a resuming process
-    rejoins a running pipeline, so for it silence counts from its start.
+    passed a process, so start order and start-up time (a resuming stage can take a
+    while) never matter.
 
     A blocked sender cannot tell a silent process below it from a slow start further down
     (backpressure looks the same), so it does not judge: it stops once the sink has ended
@@ -50,13 +50,12 @@ class Watch:
     """
 
     def __init__(self, position: int, n_layers: int, timeout: float, *,
-                 resumed: bool = False, summary: Path | None = None, clock=time.monotonic):
+                 summary: Path | None = None, clock=time.monotonic):
         self.position, self.K, self.timeout = position, n_layers, timeout
         self.summary, self.clock = summary, clock
-        now = clock()
         # When each process upstream was last heard from (None: not yet).
-        self.heard: list[float | None] = [now if resumed else None] * position
-        self.last_sent = now
+        self.heard: list[float | None] = [None] * position
+        self.last_sent = clock()
         self.started = time.time()  # to compare with the summary's modification time
 
     def name(self, position: int) -> str:
@@ -116,7 +115,7 @@ def watch_for(role: str, index: int, cfg: RunConfig) -> Watch | None:
     if not p.silence_timeout or p.transport == "dist":
         return None
     position = {"source": 0, "stage": index + 1, "sink": cfg.n_layers + 1}[role]
-    return Watch(position, cfg.n_layers, p.silence_timeout, resumed=p.resuming,
+    return Watch(position, cfg.n_layers, p.silence_timeout,
                  summary=Path(cfg.out) / "summary.json")
 
 

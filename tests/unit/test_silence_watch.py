@@ -120,12 +120,6 @@ def test_nothing_is_silent_before_first_contact_so_start_order_does_not_matter(c
     assert silent_name(sink).startswith("sink: stage 2 has gone silent")
 
 
-def test_a_resuming_process_counts_silence_from_its_start(clock):
-    sink = Watch(K + 1, K, T, resumed=True, clock=clock)
-    clock.now += T + 1
-    assert silent_name(sink).startswith("sink: stage 2 has gone silent")
-
-
 def test_time_blocked_in_send_is_not_silence_upstream(clock):
     w = Watch(2, K, T, clock=clock)
     w.heard_from(data())
@@ -155,7 +149,6 @@ def test_watch_is_off_at_zero_and_under_torchrun(tmp_path):
     on = watch_for("sink", 0, cfg(("pipeline.transport", "zmq")))
     assert on.position == 3 and on.timeout == cfg().pipeline.silence_timeout > 0
     assert on.heard == [None] * 3 and on.summary == tmp_path / "summary.json"
-    assert watch_for("stage", 1, cfg(("pipeline.resume", "true"))).heard[0] is not None
 
 
 class TickingClock(Clock):
