@@ -46,7 +46,8 @@ class Watch:
 
     A blocked sender cannot tell a silent process below it from a slow start further down
     (backpressure looks the same), so it does not judge: it stops once the sink has ended
-    the run, which the sink's `summary` (written when the run ends, however it ends) says.
+    the run, which the sink's `summary` says (written whenever the sink stops, unless it
+    is killed outright).
     """
 
     def __init__(self, position: int, n_layers: int, timeout: float, *,
