@@ -126,6 +126,10 @@ class PipelineConfig:
     restarts: int = opt(0, "times each stage process may be restarted alone, from its last "
                            "checkpoint, when it dies (local and zmq launchers; 0 = a dead "
                            "stage stops the run)", lo=0)
+    silence_timeout: float = opt(60.0, "seconds a process hears nothing through a stage "
+                                       "upstream (stopped by hand, frozen, cut off) before "
+                                       "it stops naming it; the sink's stop ends the run "
+                                       "(0 = wait forever; not under torchrun)", lo=0.0)
 
     @property
     def resuming(self) -> bool:

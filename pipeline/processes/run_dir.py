@@ -6,7 +6,12 @@ The folder rules (`claim`): a run never writes into a folder that holds another 
 files unless `--resume` (the same model: checkpoint count and shapes are checked here,
 before anything is written) or `--overwrite` (the earlier run's files are removed first;
 nothing else in the folder is touched). `--resume=auto` resumes when there are
-checkpoints and starts fresh otherwise.
+checkpoints of a run that has not finished and starts fresh otherwise.
+
+A worker of a cluster (`ffpipe worker`: compose, launch/zmq_local.sh) cannot apply these
+rules: its siblings start at the same moment and write into the same folder.
+`claim_for_worker` keeps what matters there: a finished run is never written into, and
+`--resume=auto` is resolved from the worker's own files.
 """
 
 from __future__ import annotations
@@ -44,6 +49,18 @@ def stage_checkpoints(out: Path) -> list[Path]:
     return sorted((out / "ckpt").glob("stage*.pt"))
 
 
+def finished_run(out: Path) -> bool:
+    """`out` holds a run that ended: a summary.json that does not say it was interrupted
+    (one that cannot be read counts as finished: it may be a result)."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(summary, dict) and summary.get("interrupted"))
+
+
 def check_writable(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the run")
@@ -78,8 +95,8 @@ def claim(cfg: RunConfig) -> None:
     before anything is written. With --overwrite the earlier run's files go."""
     out, p = Path(cfg.out), cfg.pipeline
     check_writable(out)
-    if p.resume == "auto":
-        p.resume = "true" if stage_checkpoints(out) else "false"
+    if p.resume == "auto":  # a finished run is not continued by accident: refused below
+        p.resume = "true" if stage_checkpoints(out) and not finished_run(out) else "false"
     if p.resume == "true":
         if p.overwrite:
             raise ConfigError("--resume and --overwrite: choose one (continue the run in "
@@ -102,6 +119,27 @@ def claim(cfg: RunConfig) -> None:
         shutil.rmtree(h) if h.is_dir() else h.unlink()
     if held:
         log.info("--overwrite: removed %d files of the earlier run in %s", len(held), out)
+
+
+def claim_for_worker(cfg: RunConfig, role: str, index: int) -> None:
+    """The folder rules one worker can apply alone (raises ConfigError): a finished run is
+    refused unless --resume=true asks for it (so a re-used compose RUN_NAME cannot overwrite
+    a result), resumed checkpoints must fit the model, and --resume=auto becomes true only
+    where this worker has something of its own to continue (its checkpoint; the sink's
+    sink.jsonl), so a fresh process does not call itself resumed."""
+    out, p = Path(cfg.out), cfg.pipeline
+    check_writable(out)
+    if p.resume != "true" and finished_run(out):
+        raise ConfigError(f"--out {out} holds a finished run (summary.json); a new run needs "
+                          f"a new --out (with compose: a new RUN_NAME), or pass --resume to "
+                          f"continue this one")
+    if p.resume == "auto":
+        own = {"source": checkpoint.ckpt_path(out, "source"),
+               "stage": checkpoint.ckpt_path(out, f"stage{index}"),
+               "sink": out / "sink.jsonl"}[role]
+        p.resume = "true" if Path(own).exists() else "false"
+    if p.resume == "true":
+        check_checkpoints(cfg, out)
 
 
 def load_checked_dataset(cfg: RunConfig) -> Dataset:

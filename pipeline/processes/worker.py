@@ -8,6 +8,10 @@ config.json), `FFPIPE_*` environment variables, then command-line options:
 `FFPIPE_<SHORT_FLAG>` (EPOCHS, LAYERS, DATASET, DATA_DIR, OUT, SEED, ...) or
 `FFPIPE_<SECTION>__<KEY>` (NET__BASE_PORT, TRAIN__LR, ...) name any config key.
 
+Before it starts, a zmq worker applies the run-folder rules it can apply alone
+(`run_dir.claim_for_worker`): it never writes into a finished run, and `--resume=auto`
+resumes only what it has a checkpoint of.
+
 Under torchrun (`--transport dist`, RANK set) the role comes from the rank instead, and
 the process goes where every torchrun rank goes: `processes.dist.run_rank`.
 """
@@ -20,6 +24,7 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.overrides import env_overrides, parse_overrides
 from pipeline.processes import dist, zmq
+from pipeline.processes.run_dir import claim_for_worker
 from pipeline.runtime.roles import ROLES
 
 
@@ -71,6 +76,7 @@ def worker_main(argv: list[str], environ=os.environ) -> int:
         dist.run_rank(cfg)
         return 0
     if cfg.pipeline.transport == "zmq":
+        claim_for_worker(cfg, role, index)
         return zmq.serve(role, index, cfg, restarts)
     raise ConfigError("ffpipe worker runs the zmq or dist transport; set --transport zmq "
                       "(local runs use `ffpipe train`)")

@@ -14,6 +14,8 @@ agree on above it.
     score            hard negatives: x [n*C, d] training images x every label, acc [n*C],
                      idx [n] their rows in the training set; stages treat it as an eval
     scores           the feedback edge, sink -> source: idx [n], scores [n, C]
+    ctrl heartbeat   a stage that has sent nothing for a while is alive (meta stage: which);
+                     forwarded like any message, so the sink can tell who has gone silent
 
 The roles check this schema before acting (`check_meta`, `expect`), so a stage never trips
 over a well-formed message that lacks what its kind promises (or carries NaN or Inf
@@ -29,7 +31,8 @@ import torch
 from pipeline.config import RunConfig
 from pipeline.wire import Message, WireError, ctrl
 
-CTRL_OPS = ("start", "stop", "checkpoint", "epoch")
+HEARTBEAT = "heartbeat"
+CTRL_OPS = ("start", "stop", "checkpoint", "epoch", HEARTBEAT)
 
 # Meta fields each kind must carry, with their types.
 META_SCHEMA = {
@@ -45,6 +48,7 @@ START_SCHEMA = {"classes": int, "total_samples": int, "done_samples": int, "step
 # mean loss each stage writes into the train messages it forwards (the last stage's
 # reaches the sink, which shows it on the progress bar).
 OPTIONAL_META = {"train": {"epoch": int, "loss": float}}
+HEARTBEAT_SCHEMA = {"stage": int}
 
 # What every tensor a role takes must be: labels int64, the eval accumulator float32,
 # activations float32 or bfloat16 (`pipeline.wire_dtype`). Any other dtype the wire
@@ -81,6 +85,8 @@ def check_meta(kind: str, meta: dict) -> None:
             _check_types("start", meta, START_SCHEMA)
             if meta["classes"] < 2:
                 raise WireError(f"start message: {meta['classes']} classes")
+        if meta["op"] == HEARTBEAT:
+            _check_types(HEARTBEAT, meta, HEARTBEAT_SCHEMA)
 
 
 def start_message(classes: int, total_samples: int, done_samples: int, step: int) -> Message:

@@ -17,7 +17,7 @@ import torch
 from pipeline.allocator import keep_freed_memory
 from pipeline.config import RunConfig
 from pipeline.datasets import Dataset
-from pipeline.runtime.flow import Flow, Stopped
+from pipeline.runtime.flow import Flow, Silence, Stopped, watch_for
 from pipeline.runtime.sink import Sink
 from pipeline.runtime.source import Source
 from pipeline.runtime.stage import StageWorker
@@ -59,7 +59,7 @@ def run_process(role: str, index: int, cfg: RunConfig, inbox: Channel | None,
                   stage_device(cfg, index) if stage else "cpu")
     log.info("%s on %s: transport %s", role_name(role, index), socket.gethostname(),
              cfg.pipeline.transport)
-    flow = Flow(inbox, outbox, should_stop)
+    flow = Flow(inbox, outbox, should_stop, watch_for(role, index, cfg))
     finished = False
     try:
         if role == "source":
@@ -71,6 +71,10 @@ def run_process(role: str, index: int, cfg: RunConfig, inbox: Channel | None,
         finished = True
     except Stopped:
         log.info("%s: stopped on request; checkpoint written", role_name(role, index))
+    except Silence as exc:  # the sink's exit code is the run's; the others stop cleanly
+        if role == "sink":
+            raise
+        log.warning("%s; stopped, checkpoint written", exc)
     finally:
         if finished and outbox is not None:
             outbox.finish(cfg.pipeline.stop_timeout)
