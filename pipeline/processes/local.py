@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 from pipeline.config import RunConfig, from_dict, to_dict
 from pipeline.datasets import Dataset
+from pipeline.errors import StageFailed, UserError
 from pipeline.processes.supervise import RestartBudget, SpawnedChild, run_supervised
 from pipeline.runlog import read_summary
 from pipeline.runtime.board import SharedBoard
@@ -37,8 +38,9 @@ def child_main(role: str, index: int, cfg_dict: dict, inbox, outbox, board_array
                     should_stop, dataset=dataset, run_start=run_start, restarts=restarts,
                     feedback=feedback)
     except BaseException as exc:
-        errors.put((role_name(role, index), f"{type(exc).__name__}: {exc}",
-                    traceback.format_exc()))
+        # A user's mistake (or a stage gone silent) is its one line; a bug its traceback.
+        tb = "" if isinstance(exc, (UserError, StageFailed)) else traceback.format_exc()
+        errors.put((role_name(role, index), f"{type(exc).__name__}: {exc}", tb))
         raise SystemExit(1)
 
 

@@ -145,7 +145,8 @@ def _reported(errors) -> dict[str, str]:
         except queue.Empty:
             break
         out[name] = line
-        log.error("%s failed:\n%s", name, tb)
+        if tb:
+            log.error("%s failed:\n%s", name, tb)
     return out
 
 

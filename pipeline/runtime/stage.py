@@ -62,12 +62,11 @@ class StageWorker:
 
     # ---- lifecycle -------------------------------------------------------------------
     def run(self) -> None:
-        if self.cfg.pipeline.resuming:
-            self.restore()
+        resumed = self.restore() if self.cfg.pipeline.resuming else False
         self.log = StageLog(self.cfg, self.k, append=self.cfg.pipeline.resuming)
         self.log.write({"kind": "start", "stage": self.k, "pid": os.getpid(),
                         "host": socket.gethostname(), "device": str(self.device),
-                        "version": self.trainer.version, "resumed": self.cfg.pipeline.resuming,
+                        "version": self.trainer.version, "resumed": resumed,
                         "restarts": self.restarts})
         try:
             while True:
@@ -89,16 +88,18 @@ class StageWorker:
             self.save()
             self.log.close()
 
-    def restore(self) -> None:
+    def restore(self) -> bool:
+        """Continue from this stage's checkpoint; False when there is none (fresh start)."""
         state = checkpoint.load(self.ckpt)
         if state is None:
             log.info("stage %d: no checkpoint at %s, starting fresh", self.k, self.ckpt)
-            return
+            return False
         self.trainer.load_state_dict(state["trainer"])
         self.samples, self.source_step = state["samples"], state["source_step"]
         self.trained_upto = self.source_step if self.samples else -1
         self.drops, self.stale_drops = state.get("drops", 0), state.get("stale_drops", 0)
         log.info("stage %d: resumed at version %d", self.k, self.trainer.version)
+        return True
 
     def save(self) -> None:
         checkpoint.save_atomic(self.ckpt, {
