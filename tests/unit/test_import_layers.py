@@ -13,7 +13,7 @@ ROOT = Path(pipeline.__file__).parent
 LAYERS = [
     ("config", ["errors", "config", "overrides", "provenance"]),
     ("maths, data, run logs, drift", [
-        "allocator", "augment", "ff", "layer_trainer", "evaluation", "linear_probes", "datasets", "idx",
+        "allocator", "augment", "ff", "optimizers", "layer_trainer", "evaluation", "linear_probes", "datasets", "idx",
         "batches", "runlog", "records", "drift", "drift.metrics", "drift.monitor",
         "drift.page_hinkley", "drift.probe_set", "drift.tensorboard"]),
     ("wire", ["wire"]),
