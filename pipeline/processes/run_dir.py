@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # What a run writes into its folder (README, "Files a run writes").
 RUN_FILES = ("config.json", "summary.json", "sink.jsonl", "eval_scores.pt", "drift.png",
-             "report.md")
+             "report.md", "processes.jsonl")
 RUN_DIRS = ("ckpt", "tensorboard")
 
 
