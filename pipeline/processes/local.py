@@ -1,6 +1,6 @@
 """`--transport local`: source, one process per layer, and sink on this machine, joined
 by shared-memory rings (`transport.local`) and a shared version board. Children are
-forked from a fork server that imported torch once (`child_context`); never forked from
+forked from a fork server that imported torch once (`pipeline.fork_server`), never from
 the launcher (fork after torch has started its threads can hang the child).
 
 Children ignore SIGINT: the launcher coordinates Ctrl-C (every child is asked to stop,
@@ -15,16 +15,18 @@ import signal
 import time
 import traceback
 
-import torch.multiprocessing as mp
+import torch.multiprocessing  # noqa: F401  its pickling rules share tensors with children
 
 from pipeline.config import RunConfig, from_dict, to_dict
 from pipeline.datasets import Dataset
+from pipeline.fork_server import context as child_context
 from pipeline.processes.supervise import RestartBudget, SpawnedChild, run_supervised
 from pipeline.runlog import read_summary
 from pipeline.runtime.board import SharedBoard
 from pipeline.runtime.protocol import max_message_bytes
 from pipeline.runtime.roles import role_name, run_process
 from pipeline.transport.local import ShmChannel
+
 
 def child_main(role: str, index: int, cfg_dict: dict, inbox, outbox, board_array, stop,
                errors, dataset, run_start, restarts: int = 0) -> None:
@@ -39,24 +41,6 @@ def child_main(role: str, index: int, cfg_dict: dict, inbox, outbox, board_array
         errors.put((role_name(role, index), f"{type(exc).__name__}: {exc}",
                     traceback.format_exc()))
         raise SystemExit(1)
-
-
-def child_context():
-    """How children start: from a fork server where the platform has one (Linux, macOS),
-    else spawned (Windows).
-
-    The fork server is one clean process that imports torch and this package once (the
-    `preload`), before it has run any torch op, so it has started no torch threads; each
-    child is forked from it, and starts with everything imported. A spawned child runs a
-    fresh interpreter and imports torch itself: ~2-4 s of CPU per child on a 2-core
-    machine, five children in a default run, all before the first batch. Forking the
-    launcher itself is what must not happen (it has run torch ops, so its thread pools
-    exist: a forked copy can hang); the server never runs any."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])  # applies when the server starts (once)
-    return ctx
 
 
 def train_local(cfg: RunConfig, ds: Dataset) -> dict:

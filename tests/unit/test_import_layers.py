@@ -19,7 +19,8 @@ LAYERS = [
     ("wire", ["wire"]),
     ("transport", ["transport", "transport.*"]),
     ("runtime", ["runtime", "runtime.*"]),
-    ("launching, schedules", ["processes", "processes.*", "schedules", "recorder"]),
+    ("launching, schedules", ["processes", "processes.*", "fork_server", "schedules",
+                              "recorder"]),
     ("tools", ["compare", "bench", "bench.*", "drift.report"]),
     ("entry points", ["", "cli", "__main__", "launch_info"]),
 ]
