@@ -198,6 +198,13 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _sig(v, width: int) -> str:
+    """Three significant digits (a tiny rate still shows), right-aligned."""
+    if v is None:
+        return f"{'-':>{width}s}"
+    return f"{v:>{width}.0f}" if abs(v) >= 100 else f"{float(f'{v:.3g}'):>{width}}"
+
+
 def print_report(cfg: RunConfig, rows: list[dict], gemm: dict, dtypes: list[str],
                  reps: int, stream) -> None:
     K, tps = cfg.n_layers, cfg.pipeline.threads_per_stage
@@ -221,7 +228,7 @@ def print_report(cfg: RunConfig, rows: list[dict], gemm: dict, dtypes: list[str]
                  if k != "all" else sum(step_gemm_flops(B, cfg.model.layers[j],
                                                         cfg.model.layers[j + 1])
                                         for j in range(K)))
-        cells = [_fmt(flops / gemm[(k, d)] / 1e9 if gemm.get((k, d)) else None, "8.1f")
+        cells = [_sig(flops / gemm[(k, d)] / 1e9 if gemm.get((k, d)) else None, 8)
                  for d in dtypes]
         print("  " + f"{'layer ' + str(k) if k != 'all' else 'all':10s} {shape:>13s} "
                      f"{tps if k != 'all' else K * tps:>7d} " + " ".join(cells), file=stream)
@@ -234,7 +241,7 @@ def print_report(cfg: RunConfig, rows: list[dict], gemm: dict, dtypes: list[str]
         busy = r.get("busy_fraction")
         print("  " + f"{r['what']:12s} {r['precision']:>9s} {r['gemms_in']:>8s} "
                      f"{r['threads']:>7s} {_fmt(r['samples_per_s'], '10.0f')} "
-                     f"{_fmt(r['gflops'], '8.2f')} {_fmt(r['gemm_only_gflops'], '9.2f')} "
+                     f"{_sig(r['gflops'], 8)} {_sig(r['gemm_only_gflops'], 9)} "
                      f"{_fmt(r['of_gemm_only'], '7.3f')} "
                      f"{_fmt(None if busy is None else 100 * busy, '4.0f'):>4s}"
                      f"{'%' if busy is not None else ' '} "

@@ -6,7 +6,8 @@ memory; `ffpipe bench startup` and `ffpipe bench roofline` read it.
     entered         it entered `run_process`: imports done, channels wired
     ready           its role is built (a stage: layer, optimizer, drift monitor)
     first_train_in  its first train message arrived (stages, sink)
-    first_train_out its first train message left (source, stages: after the first step)
+    first_train_out its first train message was handed to its outbox (source; a stage:
+                    its first step is done)
     ended           its role returned (or stopped)
 
 Times are wall-clock seconds (`time.time()`), comparable between the processes of one
@@ -95,17 +96,17 @@ class ProcessRecord:
 
 
 class ClockedFlow(Flow):
-    """A Flow that notes when the first train message arrives and when the first
-    leaves."""
+    """A Flow that notes when the first train message arrives and when the first is
+    handed on."""
 
     def __init__(self, inbox, outbox, should_stop, record: ProcessRecord):
         super().__init__(inbox, outbox, should_stop)
         self.record = record
 
     def send(self, msg) -> None:
-        super().send(msg)
-        if msg.kind == "train":
+        if msg.kind == "train":  # noted as it is handed over: before the receiver has it
             self.record.mark("first_train_out", once=True)
+        super().send(msg)
 
     def recv(self):
         msg = super().recv()
