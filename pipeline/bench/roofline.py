@@ -232,6 +232,12 @@ def print_report(cfg: RunConfig, rows: list[dict], gemm: dict, dtypes: list[str]
                  for d in dtypes]
         print("  " + f"{'layer ' + str(k) if k != 'all' else 'all':10s} {shape:>13s} "
                      f"{tps if k != 'all' else K * tps:>7d} " + " ".join(cells), file=stream)
+    keys = [*range(K), "all"]
+    for d in dtypes:
+        if d != "fp32" and all(gemm.get((k, d)) and gemm.get((k, "fp32")) for k in keys):
+            print(f"{d} runs the same GEMMs at " + ", ".join(
+                f"{gemm[(k, 'fp32')] / gemm[(k, d)]:.2f}" for k in keys) +
+                f" x the fp32 rate (each row above, in order)", file=stream)
     print(f"\ntrain steps (median of {reps}; GFLOP/s of the counted GEMM FLOPs; 'of GEMM' "
           f"= achieved / GEMM-only in the dtype the step's GEMMs ran in):", file=stream)
     print("  " + f"{'what':12s} {'precision':>9s} {'GEMMs in':>8s} {'threads':>7s} "

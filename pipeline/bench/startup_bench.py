@@ -10,8 +10,8 @@ Runs the real `ffpipe train` (a short run: one epoch unless `--epochs` says othe
                  source and the stages: a stage's first step is done)
 
 with its peak RSS, CPU seconds and whether it imported torch._dynamo; then command start
--> launch (the launcher's own imports, data and checks) and -> the first train message
-at the sink. Last, where imports go: `python -X importtime` of what a child imports, in
+-> launch (the launcher's own imports, data and checks), -> the first child started (the
+fork server's imports, local transport) and -> the first train message at the sink. Last, where imports go: `python -X importtime` of what a child imports, in
 a fresh interpreter, summed by top-level package.
 """
 
@@ -89,7 +89,10 @@ def run_startup_bench(cfg: RunConfig, reps: int, epochs_given: bool = False,
             run = launch(run_cfg, Path(tmp) / f"rep{rep}")
             per_rep.append(process_phases(run))
             first = run.first_batch()
+            started = [p["started"] for p in run.processes if p.get("started")]
             totals.append({"launch": first.get("launch_s"),
+                           "children started": min(started) - run.command_start
+                           if started else None,
                            "first step of stage 0": first.get("stage0_first_step_s"),
                            "first train message at the sink": first.get("sink_first_train_s"),
                            "whole command": run.wall_s})
