@@ -57,8 +57,8 @@ class _WithoutDynamoImport:
     def __init_subclass__(cls, base: type[torch.optim.Optimizer], **kw):
         super().__init_subclass__(**kw)
         cls._base = base
-        opt = torch.optim.Optimizer
-        cls._raw = {name: _unwrapped(getattr(opt, name), _DISABLE_DYNAMO_CODE)
+        # from `base`: a method it overrides without the known wrapper is never skipped
+        cls._raw = {name: _unwrapped(getattr(base, name), _DISABLE_DYNAMO_CODE)
                     for name in ("add_param_group", "zero_grad", "state_dict",
                                  "load_state_dict")}
         cls._raw["step"] = _unwrapped(_unhooked_step(base), _USE_GRAD_CODE)

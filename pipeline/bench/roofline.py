@@ -128,6 +128,7 @@ def rows_of(got: dict, flops: float, B: int, what: str, threads: str) -> list[di
                      "gemm_only_gflops": flops / gemm_s / 1e9 if gemm_s else None,
                      "of_gemm_only": gemm_s / s["step_s"] if gemm_s else None,
                      "peak_rss_mb": got.get("peak_rss_mb"),
+                     "peak_cuda_mb": got.get("peak_cuda_mb"),
                      "census_flops": s["census_flops"], "flops": flops,
                      "skipped_steps": s["skipped_steps"]})
     return rows
@@ -137,15 +138,16 @@ def pipelined_rows(cfg: RunConfig, run, p: str, layer_rows: dict, flops: list[fl
                    tps: int) -> list[dict]:
     """Rows of one real pipelined run at precision p: the whole, then every stage."""
     B, K = cfg.train.batch_size, cfg.n_layers
-    steady = run.summary["steady_samples_per_second"]
+    steady = run.summary["steady_samples_per_second"]  # None: too short a run to tell
     gemm_only = [layer_rows[(k, p)]["gemm_only_gflops"] * 1e9 / flops[k] * B
                  if layer_rows[(k, p)]["gemm_only_gflops"] else None for k in range(K)]
     bound = min(g for g in gemm_only if g) if any(gemm_only) else None
     rows = [{"what": "pipelined", "precision": p,
              "gemms_in": layer_rows[(0, p)]["gemms_in"], "threads": f"{K}x{tps}",
-             "samples_per_s": steady, "gflops": steady * sum(flops) / B / 1e9,
+             "samples_per_s": steady,
+             "gflops": steady * sum(flops) / B / 1e9 if steady else None,
              "gemm_only_gflops": bound * sum(flops) / B / 1e9 if bound else None,
-             "of_gemm_only": steady / bound if bound else None,
+             "of_gemm_only": steady / bound if bound and steady else None,
              **{f"first_{n}": v for n, v in run.first_batch().items()}}]
     for k in range(K):
         busy = run.stage_busy(k)
@@ -238,11 +240,13 @@ def print_report(cfg: RunConfig, rows: list[dict], gemm: dict, dtypes: list[str]
             print(f"{d} runs the same GEMMs at " + ", ".join(
                 f"{gemm[(k, 'fp32')] / gemm[(k, d)]:.2f}" for k in keys) +
                 f" x the fp32 rate (each row above, in order)", file=stream)
+    cuda = any(r.get("peak_cuda_mb") is not None for r in rows)
     print(f"\ntrain steps (median of {reps}; GFLOP/s of the counted GEMM FLOPs; 'of GEMM' "
           f"= achieved / GEMM-only in the dtype the step's GEMMs ran in):", file=stream)
     print("  " + f"{'what':12s} {'precision':>9s} {'GEMMs in':>8s} {'threads':>7s} "
           f"{'samples/s':>10s} {'GFLOP/s':>8s} {'GEMM-only':>9s} {'of GEMM':>7s} "
-          f"{'busy':>5s} {'peak RSS MiB':>12s}", file=stream)
+          f"{'busy':>5s} {'peak RSS MiB':>12s}" + (" peak CUDA MiB" if cuda else ""),
+          file=stream)
     for r in rows:
         busy = r.get("busy_fraction")
         print("  " + f"{r['what']:12s} {r['precision']:>9s} {r['gemms_in']:>8s} "
@@ -251,7 +255,8 @@ def print_report(cfg: RunConfig, rows: list[dict], gemm: dict, dtypes: list[str]
                      f"{_fmt(r['of_gemm_only'], '7.3f')} "
                      f"{_fmt(None if busy is None else 100 * busy, '4.0f'):>4s}"
                      f"{'%' if busy is not None else ' '} "
-                     f"{_fmt(r.get('peak_rss_mb'), '12.0f')}", file=stream)
+                     f"{_fmt(r.get('peak_rss_mb'), '12.0f')}" +
+                     (f" {_fmt(r.get('peak_cuda_mb'), '13.0f')}" if cuda else ""), file=stream)
     for r in rows:
         if r["what"] == "pipelined":
             stages = ", ".join(f"stage {k} {_fmt(r.get(f'first_stage{k}_first_step_s'), '.1f')}"
@@ -264,6 +269,10 @@ def print_report(cfg: RunConfig, rows: list[dict], gemm: dict, dtypes: list[str]
                 r["gemms_in"] not in ("?", r["precision"]):
             print(f"note: precision {r['precision']} ran its GEMMs in {r['gemms_in']} "
                   f"({r['what']}): this build does not apply train.precision", file=stream)
+        if r.get("skipped_steps"):
+            print(f"note: {r['what']} at {r['precision']} skipped {r['skipped_steps']:.0f} "
+                  f"steps (non-finite loss or gradients): its rate is not a train step's",
+                  file=stream)
     stream.flush()
 
 
