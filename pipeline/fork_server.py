@@ -9,6 +9,11 @@ fresh interpreter and imports torch itself: ~2-4 s of CPU per child on a 2-core 
 five children in a default run, all before the first batch. Forking the launcher itself
 is what must not happen: it has run torch ops, so its thread pools exist, and a forked
 copy of them can hang. The server exits when the process that started it exits.
+
+A forked child gets the launcher's working directory and sys.path as a spawned one does
+(multiprocessing sends them with each child), but the environment variables the server
+started with: those of the launcher at its first local run, not later changes to
+os.environ.
 """
 
 from __future__ import annotations

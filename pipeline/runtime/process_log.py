@@ -99,8 +99,8 @@ class ClockedFlow(Flow):
     """A Flow that notes when the first train message arrives and when the first is
     handed on."""
 
-    def __init__(self, inbox, outbox, should_stop, record: ProcessRecord):
-        super().__init__(inbox, outbox, should_stop)
+    def __init__(self, *args, record: ProcessRecord, **kwargs):
+        super().__init__(*args, **kwargs)  # Flow's own arguments, whatever they are
         self.record = record
 
     def send(self, msg) -> None:

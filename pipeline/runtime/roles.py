@@ -60,7 +60,7 @@ def run_process(role: str, index: int, cfg: RunConfig, inbox: Channel | None,
     setup_process(cfg.pipeline.threads_per_stage if stage else 1, device)
     log.info("%s on %s: transport %s", role_name(role, index), socket.gethostname(),
              cfg.pipeline.transport)
-    flow = ClockedFlow(inbox, outbox, should_stop, record)
+    flow = ClockedFlow(inbox, outbox, should_stop, record=record)
     finished = False
     try:
         if role == "source":

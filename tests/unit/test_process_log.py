@@ -24,7 +24,7 @@ def train(step: int) -> Message:
 def test_clocked_flow_notes_the_first_train_message_in_and_out_only(tmp_path):
     record = ProcessRecord("stage", 1, launch=123.0)
     inbox = MemoryChannel([ctrl("start"), train(0), train(1)])
-    flow = ClockedFlow(inbox, MemoryChannel(), lambda: False, record)
+    flow = ClockedFlow(inbox, MemoryChannel(), lambda: False, record=record)
     assert flow.recv().kind == "ctrl" and "first_train_in" not in record.fields
     flow.send(ctrl("start"))
     assert "first_train_out" not in record.fields
