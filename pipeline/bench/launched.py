@@ -75,9 +75,12 @@ class LaunchedRun:
 
 def sized_for_steps(cfg: RunConfig, n_train: int, steps: int) -> RunConfig:
     """A copy of cfg that trains at least `steps` steps (whole epochs), without probes or
-    evaluations on the way, and whose final evaluation is a single message."""
+    evaluations on the way, whose final evaluation is a single message, and whose stages
+    log at least ~10 records (a stage's rate is read from them)."""
     cfg = from_dict(to_dict(cfg))
     cfg.train.epochs = max(1, math.ceil(steps * cfg.train.batch_size / n_train))
+    total = cfg.train.epochs * math.ceil(n_train / cfg.train.batch_size)
+    cfg.train.log_every = max(1, min(cfg.train.log_every, total // 10))
     cfg.drift.probe_every, cfg.train.eval_every = 0, 0
     cfg.data.test_limit = cfg.pipeline.eval_batch
     return cfg

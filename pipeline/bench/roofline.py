@@ -197,7 +197,9 @@ def merge_reps(reps: list[list[dict]]) -> list[dict]:
 
 
 def _fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+    """format(v, spec), or a dash as wide as spec asks."""
+    width = spec.split(".")[0]
+    return f"{'-':>{width or 1}s}" if v is None else format(v, spec)
 
 
 def _sig(v, width: int) -> str:
