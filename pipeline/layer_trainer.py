@@ -16,6 +16,7 @@ from pipeline import precision
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.ff import FFLayer, ff_loss, goodness, normalize, symba_loss
+from pipeline.optimizers import SGD, Adam
 
 
 LAYER_INIT = 1  # SeedSequence spawn key of layer initialisation (batches use the entropy)
@@ -23,17 +24,19 @@ FP16_SCALE = (2.0 ** 12, 2.0 ** 16, 1000)  # fp16 loss scale: start, cap, good s
 
 
 def make_optimizer(params, train_cfg, lr: float | None = None) -> torch.optim.Optimizer:
-    """Adam or SGD with momentum. The fused kernels (one pass over the parameters instead
-    of one op per term) measured ~3.7x faster for Adam on a 1000x1000 layer on one CPU
-    thread; fall back to the plain ones where a build lacks them."""
+    """Adam or SGD with momentum: torch's, without the ~2 s import of torch._dynamo its
+    first call would cost every stage process (`pipeline.optimizers`). The fused kernels
+    (one pass over the parameters instead of one op per term) measured ~3.7x faster for
+    Adam on a 1000x1000 layer on one CPU thread; fall back to the plain ones where a
+    build lacks them."""
     lr = train_cfg.lr if lr is None else lr
     params = list(params)
     if train_cfg.optimizer == "sgd":
         kw = dict(lr=lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)
-        cls = torch.optim.SGD
+        cls = SGD
     else:
         kw = dict(lr=lr, weight_decay=train_cfg.weight_decay)
-        cls = torch.optim.Adam
+        cls = Adam
     try:
         return cls(params, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):

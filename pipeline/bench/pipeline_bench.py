@@ -3,7 +3,7 @@
 Four measurements, each repeated and reported as a median, all in one run:
 
     stage alone   the real StageWorker, fed pre-made messages from memory (no transport,
-                  no peers), in a spawned process with `threads_per_stage` threads:
+                  no peers), in a fresh process with `threads_per_stage` threads:
                   the most one stage can do. The slowest stage bounds the pipeline.
     together      every stage-alone worker at once, each in its own process, for the same
                   seconds (no messages between them): what the cores give K busy stages
@@ -37,10 +37,10 @@ import time
 from dataclasses import replace
 
 import torch
-import torch.multiprocessing as mp
 
 from pipeline.config import RunConfig, from_dict, to_dict
 from pipeline.ff import normalize
+from pipeline.fork_server import context as child_context
 from pipeline.layer_trainer import LayerTrainer
 from pipeline.processes.local import train_local
 from pipeline.processes.supervise import SpawnedChild, collect, shutdown
@@ -124,15 +124,16 @@ def stages_together_rates(cfg: RunConfig, seconds: float) -> list[float]:
     """samples/s of every stage when all K run at once, each in its own process, fed from
     memory (no messages between them): what the cores give K busy stages together."""
     K = cfg.n_layers
-    barrier = mp.get_context("spawn").Barrier(K)
+    barrier = child_context().Barrier(K)
     got = in_children(_stage_together, [(to_dict(cfg), k, seconds, barrier) for k in range(K)])
     return [rate for _, rate in sorted(got)]
 
 
 def in_children(target, arg_lists: list[tuple]) -> list:
-    """Run `target(*args, out_queue)` for every args at once, each in a fresh spawned
-    process; return what they put, in the order it arrived."""
-    ctx = mp.get_context("spawn")
+    """Run `target(*args, out_queue)` for every args at once, each in a fresh process
+    (started as the local launcher starts its children); return what they put, in the
+    order it arrived."""
+    ctx = child_context()
     q = ctx.Queue()
     children = []
     try:
@@ -145,12 +146,12 @@ def in_children(target, arg_lists: list[tuple]) -> list:
 
 
 def in_child(target, *args):
-    """Run `target(*args, out_queue)` in a fresh spawned process; return what it puts."""
+    """Run `target(*args, out_queue)` in a fresh process; return what it puts."""
     return in_children(target, [args])[0]
 
 
 def stage_alone_rate(cfg: RunConfig, k: int, steps: int, probe_every: int = 0) -> float:
-    """samples/s of stage k alone, measured in a fresh spawned process."""
+    """samples/s of stage k alone, measured in a fresh process."""
     return in_child(_stage_alone, to_dict(cfg), k, steps, probe_every)
 
 

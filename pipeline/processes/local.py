@@ -1,6 +1,7 @@
 """`--transport local`: source, one process per layer, and sink on this machine, joined
-by shared-memory rings (`transport.local`) and a shared version board, started with the
-spawn method (fork after torch has started its threads can hang the child).
+by shared-memory rings (`transport.local`) and a shared version board. Children are
+forked from a fork server that imported torch once (`pipeline.fork_server`), never from
+the launcher (fork after torch has started its threads can hang the child).
 
 Children ignore SIGINT: the launcher coordinates Ctrl-C (every child is asked to stop,
 flushes its checkpoint, and the launcher re-raises KeyboardInterrupt: exit code 130).
@@ -14,11 +15,12 @@ import signal
 import time
 import traceback
 
-import torch.multiprocessing as mp
+import torch.multiprocessing  # noqa: F401  its pickling rules share tensors with children
 
 from pipeline.config import RunConfig, from_dict, to_dict
 from pipeline.datasets import Dataset
 from pipeline.errors import StageFailed, UserError
+from pipeline.fork_server import context as child_context
 from pipeline.processes.supervise import RestartBudget, SpawnedChild, run_supervised
 from pipeline.runlog import read_summary
 from pipeline.runtime.board import SharedBoard
@@ -27,9 +29,10 @@ from pipeline.runtime.roles import role_name, run_process
 from pipeline.transport.device_ring import DeviceRingChannel
 from pipeline.transport.local import ShmChannel
 
+
 def child_main(role: str, index: int, cfg_dict: dict, inbox, outbox, board_array, stop,
                errors, dataset, run_start, restarts: int = 0, feedback=None) -> None:
-    """Entry point of every local child (importable by name: spawn pickles it so)."""
+    """Entry point of every local child (importable by name: the child unpickles it so)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     should_stop = lambda: stop.is_set() or os.getppid() != parent  # noqa: E731
@@ -57,7 +60,7 @@ def hop_channel(ctx, cfg: RunConfig, k: int, size: int) -> ShmChannel:
 
 
 def train_local(cfg: RunConfig, ds: Dataset) -> dict:
-    ctx = mp.get_context("spawn")
+    ctx = child_context()
     K, p = cfg.n_layers, cfg.pipeline
     size = max_message_bytes(cfg, ds.num_classes)
     hops = [hop_channel(ctx, cfg, k, size) for k in range(K + 1)]

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # What a run writes into its folder (README, "Files a run writes").
 RUN_FILES = ("config.json", "summary.json", "sink.jsonl", "eval_scores.pt", "model.safetensors",
-             "drift.png", "report.md")
+             "drift.png", "report.md", "processes.jsonl")
 RUN_DIRS = ("ckpt", "tensorboard")
 
 

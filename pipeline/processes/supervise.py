@@ -1,11 +1,12 @@
 """Watching the processes of a run: one supervisor for every launcher and benchmark.
 
-A child is a spawned `multiprocessing` process or an OS process (`subprocess.Popen`),
-behind one small interface. `supervise` waits until the process that marks the end of
-the run exits cleanly and raises `StageFailed` as soon as any child fails, naming it and
-why; `shutdown` asks every child to stop, gives them `timeout` seconds to flush their
-checkpoints, then terminates and kills what is left. Launchers call `shutdown` in a
-`finally`, so no child outlives its launcher (success, failure, Ctrl-C or SIGTERM).
+A child is a `multiprocessing` process (spawned, or forked from a fork server) or an OS
+process (`subprocess.Popen`), behind one small interface. `supervise` waits until the
+process that marks the end of the run exits cleanly and raises `StageFailed` as soon as
+any child fails, naming it and why; `shutdown` asks every child to stop, gives them
+`timeout` seconds to flush their checkpoints, then terminates and kills what is left.
+Launchers call `shutdown` in a `finally`, so no child outlives its launcher (success,
+failure, Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations

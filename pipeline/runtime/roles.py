@@ -3,7 +3,8 @@ run (local children, `ffpipe worker`, torchrun ranks, compose containers).
 
     setup_process  threads, device, allocator: before the role builds anything
     run_process    play one role over an inbox and an outbox until the stream ends or a
-                   stop is asked for; always closes both channels
+                   stop is asked for; always closes both channels, and adds the
+                   process's line to processes.jsonl (`process_log`)
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 from pipeline.allocator import keep_freed_memory
 from pipeline.config import RunConfig
 from pipeline.datasets import Dataset
-from pipeline.runtime.flow import Flow, Silence, Stopped, watch_for
+from pipeline.runtime.flow import Silence, Stopped, watch_for
+from pipeline.runtime.process_log import ClockedFlow, ProcessRecord
 from pipeline.runtime.sink import Sink
 from pipeline.runtime.source import Source
 from pipeline.runtime.stage import StageWorker
@@ -54,20 +56,23 @@ def run_process(role: str, index: int, cfg: RunConfig, inbox: Channel | None,
     way out; after a finished stream the outbox first gets `stop_timeout` seconds to
     deliver what it still holds. `feedback` is the hard-negative edge: the sink's
     sending end, the source's receiving end (None without hard negatives)."""
+    record = ProcessRecord(role, index, launch=run_start, restarts=restarts)
     stage = role == "stage"
-    setup_process(cfg.pipeline.threads_per_stage if stage else 1,
-                  stage_device(cfg, index) if stage else "cpu")
+    device = stage_device(cfg, index) if stage else "cpu"
+    setup_process(cfg.pipeline.threads_per_stage if stage else 1, device)
     log.info("%s on %s: transport %s", role_name(role, index), socket.gethostname(),
              cfg.pipeline.transport)
-    flow = Flow(inbox, outbox, should_stop, watch_for(role, index, cfg))
+    flow = ClockedFlow(inbox, outbox, should_stop, watch_for(role, index, cfg), record=record)
     finished = False
     try:
         if role == "source":
-            Source(cfg, dataset, flow, feedback).run()
+            player = Source(cfg, dataset, flow, feedback)
         elif stage:
-            StageWorker(index, cfg, flow, board, stage_device(cfg, index), restarts).run()
+            player = StageWorker(index, cfg, flow, board, device, restarts)
         else:
-            Sink(cfg, flow, run_start=run_start, feedback=feedback).run()
+            player = Sink(cfg, flow, run_start=run_start, feedback=feedback)
+        record.mark("ready")
+        player.run()
         finished = True
     except Stopped:
         log.info("%s: stopped on request; checkpoint written", role_name(role, index))
@@ -76,11 +81,17 @@ def run_process(role: str, index: int, cfg: RunConfig, inbox: Channel | None,
             raise
         log.warning("%s; stopped, checkpoint written", exc)
     finally:
+        record.mark("ended")
         if finished and outbox is not None:
             outbox.finish(cfg.pipeline.stop_timeout)
         for ch in (inbox, outbox, feedback):
             if ch is not None:
                 ch.close()
+        try:
+            record.append_to(cfg.out, device if device.startswith("cuda") else None)
+        except OSError as exc:  # a diagnostic: never what fails a run
+            log.warning("%s: could not write processes.jsonl (%s)", role_name(role, index),
+                        exc)
     return finished
 
 
