@@ -83,3 +83,30 @@ def test_stop_checkpoints_and_a_resumed_stage_continues_from_that_version(tmp_pa
     assert again.trainer.version == 4
     for k, v in again.trainer.layer.state_dict().items():
         assert torch.equal(v, saved[k])
+
+
+def test_a_refused_message_changes_nothing_not_the_weights_the_staleness_nor_the_stage(
+        tmp_path):
+    # Stage 1 (one upstream stamp per message). Each bad message is refused before it
+    # can touch anything: huge stamps on a message with the wrong width would otherwise
+    # poison the version board (every later input would look 10^12 updates old), extra
+    # stamps would crash the staleness sums, and a head row count that does not match
+    # would be found only after the layer had stepped.
+    good = [train_msg(s, width=6, versions=[s + 1]) for s in range(4)]
+    head = train_msg(9, width=6, versions=[9])
+    head.tensors.update(neutral=torch.rand(5, 6), y=torch.zeros(3, dtype=torch.int64))
+    bad = [train_msg(7, width=5, versions=[10 ** 12]),                 # wrong width
+           train_msg(8, width=6, versions=[1, 2, 3]),                   # 3 stamps at stage 1
+           Message("probe", versions=[], meta={"step": 0}, tensors={"x": torch.rand(4, 6)}),
+           head]                                                        # 3 labels for 5 rows
+    clean, _, clean_out = run_stage(tmp_path / "clean", 1, good,
+                                    ("pipeline.max_staleness", "3"))
+    mixed, inbox, out = run_stage(tmp_path / "mixed", 1, good[:2] + bad + good[2:],
+                                  ("pipeline.max_staleness", "3"))
+    assert inbox.rejected == len(bad)
+    assert mixed.stale_drops == clean.stale_drops == 0
+    assert mixed.trainer.version == clean.trainer.version == len(good)
+    assert mixed.stale_total == clean.stale_total
+    for k, v in mixed.trainer.layer.state_dict().items():
+        assert torch.equal(v, clean.trainer.layer.state_dict()[k]), k
+    assert [m.versions for m in out] == [m.versions for m in clean_out]
