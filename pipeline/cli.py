@@ -6,13 +6,12 @@ Ctrl-C exits 130; anything else is a bug and shows its traceback.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 
 from pipeline.config import BOOL_FLAGS, SHORT_FLAGS, iter_fields, load_config, RunConfig
-from pipeline.errors import StageFailed, UserError
+from pipeline.errors import StageFailed, UsageParser, UserError
 from pipeline.overrides import config_from_argv
 
 # Each command imports what it runs when it runs: `ffpipe --help` and the one-line errors
@@ -59,7 +58,7 @@ def cmd_worker(argv: list[str]) -> int:
 
 
 def cmd_drift(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ffpipe drift",
+    p = UsageParser(prog="ffpipe drift",
                                 description="drift.png and report.md from a run's logs")
     p.add_argument("run_dir")
     p.add_argument("--watch", action="store_true", help="follow a live run")
@@ -85,7 +84,7 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def cmd_keys(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ffpipe keys",
+    p = UsageParser(prog="ffpipe keys",
                                 description="CURVE key pairs for the zmq transport")
     p.add_argument("dir")
     a = p.parse_args(argv)
@@ -96,7 +95,7 @@ def cmd_keys(argv: list[str]) -> int:
 
 
 def cmd_data(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ffpipe data",
+    p = UsageParser(prog="ffpipe data",
                                 description="write a registered dataset as the four IDX files")
     p.add_argument("action", choices=["export-idx"])
     p.add_argument("out_dir")
@@ -130,6 +129,10 @@ COMMANDS = {"train": cmd_train, "worker": cmd_worker, "drift": cmd_drift,
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        print(f"ffpipe: error: unknown command {argv[0]!r}; choose one of "
+              f"{', '.join(COMMANDS)} (ffpipe --help says what each does)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from pipeline.config import SCHEDULES, RunConfig, load_config, set_value, to_dict, validate
 from pipeline.datasets import load_dataset
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UsageParser
 from pipeline.linear_probes import probe_input, probe_layers, random_layers
 from pipeline.overrides import parse_overrides
 from pipeline.processes import train
@@ -46,7 +46,7 @@ OWN_KEYS = {"train.schedule": "--schedules", "model.normalization": "--normaliza
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
-    p = argparse.ArgumentParser(
+    p = UsageParser(
         prog="ffpipe compare", allow_abbrev=False,  # `--seed` must not become `--seeds`
         description="schedules x normalizations side by side, plus linear-probe baselines",
         epilog="Any other option is a `ffpipe train` override applied to every run, e.g. "

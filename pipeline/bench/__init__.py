@@ -6,13 +6,12 @@ repetitions, next to a baseline measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 
 from pipeline.bench.accuracy_bench import run_accuracy_bench
 from pipeline.bench.pipeline_bench import run_drift_bench, run_pipeline_bench
 from pipeline.bench.transport_bench import run_transport_bench
 from pipeline.datasets import load_dataset
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UsageParser
 from pipeline.overrides import config_from_argv
 
 UNITS = {"K": 1 << 10, "M": 1 << 20}
@@ -39,7 +38,7 @@ def parse_numbers(text: str, flag: str, kind):
 
 
 def bench_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ffpipe bench", description=__doc__.splitlines()[0])
+    p = UsageParser(prog="ffpipe bench", description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["pipeline", "transport", "drift", "accuracy"])
     p.add_argument("--steps", type=int, default=200, help="train steps per measurement")
     p.add_argument("--reps", type=int, default=3, help="repetitions (medians reported)")
