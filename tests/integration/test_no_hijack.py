@@ -25,13 +25,13 @@ def hostile_cwd(tmp_path) -> Path:
     return cwd
 
 
-@pytest.mark.parametrize("how", ["zmq", "dist", "zmq_local.sh"])
+@pytest.mark.parametrize("how", ["zmq", "dist", "zmq_local.sh", "torchrun_local.sh"])
 def test_a_pipeline_module_in_the_working_directory_does_not_shadow_the_workers(
         procs, tmp_path, how):
     cwd, out = hostile_cwd(tmp_path), tmp_path / "run"
     args = [*SYNTH, "--layers", "64,40,40", "--epochs", "2", "--out", str(out),
             "--net.base_port", str(free_port_block(4))]
-    if how == "zmq_local.sh":
+    if how.endswith(".sh"):
         cmd = ["bash", str(ROOT / "launch" / how), *args]
     else:  # the user's own command is theirs to get right: -P here too
         cmd = [sys.executable, "-P", "-m", "pipeline", "train", *args, "--transport", how]
