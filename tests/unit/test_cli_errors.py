@@ -59,9 +59,22 @@ def prepared_folders(base):
     (fewer_layers / "config.json").write_text('{"model": {"layers": [64, 12]}}')
     torch.save({"trainer": {"shape": [64, 12]}, "samples": 5, "source_step": 0},
                fewer_layers / "ckpt" / "stage0.pt")
+    # a checkpoint that would run code if unpickled: here, create a file beside it
+    code_ckpt = base / "code_ckpt"
+    (code_ckpt / "ckpt").mkdir(parents=True)
+    torch.save({"trainer": OpensAFile(str(code_ckpt / "ran")), "samples": 5,
+                "source_step": 0}, code_ckpt / "ckpt" / "stage0.pt")
     (base / "a_file").write_text("not a folder")
     (base / "empty").mkdir()
-    return finished, other_model, more_layers, fewer_layers
+    return finished, other_model, more_layers, fewer_layers, code_ckpt
+
+
+class OpensAFile:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):  # what an unpickler would call: open(path, "w")
+        return open, (self.path, "w")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +84,7 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     bad_magic = idx_folder(base / "bad_magic",
                            b"\x00\x01\x08\x03" + idx_images(2)[4:])  # 2nd byte must be 0
-    finished, other_model, more_layers, fewer_layers = prepared_folders(base)
+    finished, other_model, more_layers, fewer_layers, code_ckpt = prepared_folders(base)
     taken = socket.create_server(("127.0.0.1", 0))  # a port someone else listens on
     port = taken.getsockname()[1]
     synth = ["--dataset", "synthetic", "--layers", "64,12", "--model.skip_layers=0"]
@@ -94,6 +107,7 @@ def runs(tmp_path_factory):
         "resume_layers": ["train", *synth, "--out", str(more_layers), "--resume"],
         "resume_fewer_layers": ["train", "--dataset", "synthetic", "--layers", "64,12,12",
                                 "--out", str(fewer_layers), "--resume"],
+        "resume_code": ["train", *synth, "--out", str(code_ckpt), "--resume"],
         "resume_lockstep": ["train", *synth, "--schedule", "lockstep", "--out", str(finished),
                             "--resume"],
         "port_in_use": ["train", *synth, "--transport", "zmq",
@@ -160,6 +174,7 @@ def one_line_error(runs, name) -> str:
     ("resume_shapes", ["stage0.pt", "64x10", "64x12"]),
     ("resume_layers", ["stage1.pt", "more layers"]),
     ("resume_fewer_layers", ["64,12", "64,12,12"]),
+    ("resume_code", ["stage0.pt", "cannot load"]),  # never unpickled: nothing ran
     ("resume_lockstep", ["lockstep", "does not resume"]),
     ("port_in_use", ["in use", "stage 0"]),
     ("board_in_use", ["in use", "version board"]),
