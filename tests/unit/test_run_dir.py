@@ -1,16 +1,20 @@
 """The run folder's rules (`processes.run_dir.claim`) and provenance, in this process:
 what `ffpipe train` does to --out before anything starts. The refusals, one line each
-through the real CLI, are in test_cli_errors.py; here are the runs that go ahead."""
+through the real CLI, are in test_cli_errors.py; here are the runs that go ahead, and the
+one refusal that test cannot set up when it runs as root (a folder it may not write)."""
 
 import json
+import os
 import re
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.processes.run_dir import claim, write_run_config
 from pipeline.records import base_summary
 
@@ -82,3 +86,18 @@ def test_config_and_summary_record_where_the_run_came_from(tmp_path):
     if head:  # a checkout: the commit, + "+dirty" when files differ from it
         assert recorded["git_commit"].split("+")[0] == head
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", recorded["started_utc"])
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_naming_the_folder(tmp_path,
+                                                                            monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: stand in for a folder it may not write
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked
+                            else real(p, mode))
+    else:
+        locked.chmod(0o555)
+    with pytest.raises(ConfigError, match=f"cannot write in {locked}"):
+        claim(cfg_for(locked / "run"))
+    assert list(locked.iterdir()) == []
