@@ -12,6 +12,7 @@ would show as a difference in the weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -19,7 +20,7 @@ import pytest
 import torch
 import zmq
 
-from conftest import SYNTH, free_port_block, read_jsonl, wait_for
+from conftest import SYNTH, free_port_block, read_jsonl, trained, wait_for
 from messages import hostile_messages
 from pipeline import train
 from pipeline.config import NetConfig
@@ -73,19 +74,33 @@ def starts(out, k: int) -> list[dict]:
     return [r for r in read_jsonl(out / f"stage{k}.jsonl") if r["kind"] == "start"]
 
 
-def stage_inbox(base: int) -> str:
-    return endpoint_for(NetConfig(base_port=base), TARGET, len(LAYERS) - 1)
-
-
-def push_socket(ctx, endpoint: str, curve_dir=None):
-    s = ctx.socket(zmq.PUSH)
-    s.linger = 0
-    if curve_dir is not None:  # a CURVE client with the keys in curve_dir
-        keys = load_curve(curve_dir, "client")
-        s.curve_publickey, s.curve_secretkey = keys.public, keys.secret
-        s.curve_serverkey = keys.peer_public
-    s.connect(endpoint)
-    return s
+@contextlib.contextmanager
+def attacked_run(procs, out, *extra, curve_dirs=(None,)):
+    """Start `ffpipe train --transport zmq` and, once stage TARGET trains, yield (the
+    run, PUSH sockets connected to that stage's inbox: one per entry of `curve_dirs`,
+    None for a plain zmq client, a folder for a CURVE client with the keys in it)."""
+    base = free_port_block(len(LAYERS))
+    run = procs.ffpipe(["train", *run_args(out, "--transport", "zmq", "--net.base_port",
+                                           str(base), "--train.log_every=2", *extra)])
+    ctx, socks = zmq.Context(), []
+    try:
+        for curve_dir in curve_dirs:
+            s = ctx.socket(zmq.PUSH)
+            socks.append(s)
+            s.linger = 0
+            if curve_dir is not None:
+                keys = load_curve(curve_dir, "client")
+                s.curve_publickey, s.curve_secretkey = keys.public, keys.secret
+                s.curve_serverkey = keys.peer_public
+            s.connect(endpoint_for(NetConfig(base_port=base), TARGET, len(LAYERS) - 1))
+        # Training is under way (the stage has logged a step) before the first message.
+        wait_for(lambda: trained(out, TARGET), 120, f"stage {TARGET} to train",
+                 interval=0.01)
+        yield run, socks
+    finally:
+        for s in socks:
+            s.close()
+        ctx.term()
 
 
 def flood(socks, messages, run, timeout: float) -> None:
@@ -107,21 +122,10 @@ def test_a_live_stage_refuses_and_counts_10000_hostile_messages_and_trains_as_if
         procs, tmp_path, clean):
     clean_summary, clean_weights = clean
     messages, kinds = hostile_messages(N_HOSTILE, width=LAYERS[TARGET])
-    out, base = tmp_path / "attacked", free_port_block(len(LAYERS))
-    p = procs.ffpipe(["train", *run_args(out, "--transport", "zmq", "--net.base_port",
-                                         str(base), "--train.log_every=2")])
-    ctx = zmq.Context()
-    socks = [push_socket(ctx, stage_inbox(base)) for _ in range(ATTACKERS)]
-    try:
-        # Training is under way (stage 1 has logged a step) before the first bad message.
-        wait_for(lambda: train_records(out, TARGET), 120, f"stage {TARGET} to train",
-                 interval=0.01)
+    out = tmp_path / "attacked"
+    with attacked_run(procs, out, curve_dirs=[None] * ATTACKERS) as (p, socks):
         flood(socks, messages, p, timeout=30)
         _, err = p.communicate(timeout=120)  # zmq keeps delivering while the run goes on
-    finally:
-        for s in socks:
-            s.close()
-        ctx.term()
     assert p.returncode == 0, err[-3000:]
 
     summary = json.loads((out / "summary.json").read_text())
@@ -154,34 +158,24 @@ def test_with_curve_keys_a_client_without_them_gets_nothing_into_a_live_stage(
     generate_keys(intruder)
     (intruder / "server.key").write_bytes((keys / "server.key").read_bytes())
 
-    out, base = tmp_path / "secured", free_port_block(len(LAYERS))
-    p = procs.ffpipe(["train", *run_args(out, "--transport", "zmq", "--net.base_port",
-                                         str(base), "--train.log_every=2",
-                                         "--net.curve_dir", str(keys))])
-    wait_for(lambda: train_records(out, TARGET), 120, f"stage {TARGET} to train")
+    out = tmp_path / "secured"
     # Valid messages that the stage WOULD train on, from a client with no CURVE at all
     # and from one with the server's public key but a client key it does not accept.
     good = Message("train", versions=[1], meta={"step": 0, "total": 10, "n": 4},
                    tensors={"pos": torch.rand(4, LAYERS[TARGET]),
                             "neg": torch.rand(4, LAYERS[TARGET])})
-    ctx = zmq.Context()
-    socks = [push_socket(ctx, stage_inbox(base)),
-             push_socket(ctx, stage_inbox(base), curve_dir=intruder)]
-    try:
+    with attacked_run(procs, out, "--net.curve_dir", str(keys),
+                      curve_dirs=[None, intruder]) as (p, socks):
         deadline, queued = time.monotonic() + 3, 0
         while time.monotonic() < deadline:
             for s in socks:
                 try:
                     s.send_multipart(encode(good), flags=zmq.NOBLOCK)
                     queued += 1
-                except zmq.Again:  # no peer accepted them: nothing can even be queued
+                except zmq.Again:  # no peer took them: nothing can even be queued
                     pass
             time.sleep(0.01)
         _, err = p.communicate(timeout=120)
-    finally:
-        for s in socks:
-            s.close()
-        ctx.term()
     assert p.returncode == 0, err[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stages"][TARGET]["rejected"] == 0  # not even seen, let alone trained on

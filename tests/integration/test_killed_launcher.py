@@ -11,14 +11,9 @@ import sys
 
 import pytest
 
-from conftest import SYNTH, free_port_block, read_jsonl, wait_for
+from conftest import SYNTH, free_port_block, trained, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-
-def trained(out, k: int) -> bool:
-    path = out / f"stage{k}.jsonl"
-    return path.exists() and any(r["kind"] == "train" for r in read_jsonl(path))
 
 
 @pytest.mark.parametrize("transport", ["local", "zmq"])
