@@ -20,7 +20,6 @@ number) and OUT/compare.png (accuracy bars; probe accuracy per layer).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import json
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from pipeline.config import SCHEDULES, RunConfig, load_config, set_value, to_dict, validate
 from pipeline.datasets import load_dataset
+from pipeline.command_line import command_parser
 from pipeline.errors import ConfigError
 from pipeline.linear_probes import probe_input, probe_layers, random_layers
 from pipeline.overrides import parse_overrides
@@ -45,19 +45,19 @@ OWN_KEYS = {"train.schedule": "--schedules", "model.normalization": "--normaliza
             "train.seed": "--seeds", "out": "--out"}
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
-    p = argparse.ArgumentParser(
-        prog="ffpipe compare", allow_abbrev=False,  # `--seed` must not become `--seeds`
-        description="schedules x normalizations side by side, plus linear-probe baselines",
-        epilog="Any other option is a `ffpipe train` override applied to every run, e.g. "
-               "--epochs 5 --dataset synthetic --layers 64,100,100 --train.lr=0.01")
-    p.add_argument("--config", help="TOML config for every run")
+def parse_args(argv: list[str]):
+    p = command_parser(  # no abbreviations: `--seed` must not become `--seeds`
+        "ffpipe compare", "schedules x normalizations side by side, plus linear-probe "
+        "baselines", epilog="Any other option is a `ffpipe train` override applied to every "
+        "run.\n\nexample:\n  ffpipe compare --epochs 5 --dataset synthetic --seeds 0,1")
+    p.add_argument("--config", help="TOML config for every run (default: none)")
     p.add_argument("--schedules", default="backprop,lockstep,sequential,pipelined",
                    help="comma-separated; an item may add +key=value train overrides, "
                         "e.g. pipelined+replay=512,pipelined+max-staleness=2")
-    p.add_argument("--normalizations", default="rms,length,none")
+    p.add_argument("--normalizations", default="rms,length,none",
+                   help="comma-separated layer-input normalizations to compare")
     p.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
-    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--out", default="runs/compare", help="folder of the runs and the tables")
     p.add_argument("--probe-epochs", type=int, default=20,
                    help="epochs of each linear probe (0 = no probes)")
     args, rest = p.parse_known_args(argv)

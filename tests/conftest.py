@@ -94,6 +94,12 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def trained(out, k: int) -> bool:
+    """Stage k of the run in `out` has logged a training step."""
+    path = Path(out) / f"stage{k}.jsonl"
+    return path.exists() and any(r["kind"] == "train" for r in read_jsonl(path))
+
+
 class Procs:
     def __init__(self, tag: str):
         self.tag, self.started = tag, []

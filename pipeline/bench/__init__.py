@@ -7,8 +7,6 @@ repetitions, next to a baseline measured in the same run.
 
 from __future__ import annotations
 
-import argparse
-
 from pipeline.bench.accuracy_bench import run_accuracy_bench
 from pipeline.bench.pipeline_bench import run_drift_bench, run_pipeline_bench
 from pipeline.bench.roofline import run_roofline_bench
@@ -17,6 +15,7 @@ from pipeline.bench.startup_bench import run_startup_bench
 from pipeline.bench.transport_bench import run_transport_bench
 from pipeline.config import TrainConfig
 from pipeline.datasets import load_dataset
+from pipeline.command_line import command_parser
 from pipeline.errors import ConfigError
 from pipeline.overrides import config_from_argv
 
@@ -53,23 +52,31 @@ def parse_precisions(text: str) -> list[str]:
 
 
 def bench_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ffpipe bench",
-                                description=" ".join(__doc__.split("\n\n")[0].split()))
+    p = command_parser(
+        "ffpipe bench", " ".join(__doc__.split("\n\n")[0].split()),
+        epilog="Any other option is a `ffpipe train` override for the benchmarked config "
+               "(not for transport).\n\nexamples:\n  ffpipe bench roofline --reps 3\n"
+               "  ffpipe bench accuracy --dataset mnist --data-dir DIR --seeds 0,1,2")
     p.add_argument("what", choices=["pipeline", "transport", "drift", "accuracy",
-                                     "roofline", "scaling", "startup"])
+                                     "roofline", "scaling", "startup"],
+                   help="which benchmark: pipeline (pipelined vs stages alone vs lockstep), "
+                        "transport (GB/s per hop), drift (probe overhead), accuracy (time to "
+                        "accuracy targets), roofline (FLOP/s vs GEMM-only), scaling (stages x "
+                        "widths x batches), startup (where start-up goes)")
     p.add_argument("--steps", type=int, default=None, help="train steps per measurement "
-                   "(pipeline, drift: 200); roofline, scaling: at least this many steps in "
-                   "each pipelined run (100, 50)")
+                   "(default: pipeline and drift 200; roofline and scaling: at least 100 and "
+                   "50 steps in each pipelined run)")
     p.add_argument("--reps", type=int, default=3, help="repetitions (medians reported)")
     p.add_argument("--seconds", type=float, default=1.0, help="transport: seconds per "
                    "round; roofline, scaling: seconds per timed in-process measurement")
     p.add_argument("--precisions", default="", help="roofline: train.precision values "
-                   "measured besides the config's (default fp32,bf16, and fp16 on CUDA)")
+                   "measured besides the config's (default: fp32,bf16, and fp16 on CUDA)")
     p.add_argument("--stages", default="1,2,3,4", help="scaling: numbers of stages")
     p.add_argument("--widths", default="500,1000,2000,4000", help="scaling: layer widths")
     p.add_argument("--batches", default="50,200,1000", help="scaling: batch sizes")
     p.add_argument("--sizes", default="64K,1M,4M,16M", help="transport: message sizes")
-    p.add_argument("--transports", default="memcpy,local,zmq-tcp,zmq-ipc,dist-gloo")
+    p.add_argument("--transports", default="memcpy,local,zmq-tcp,zmq-ipc,dist-gloo",
+                   help="transport: which hops to measure")
     p.add_argument("--seeds", default="0,1,2", help="accuracy: one run per seed")
     p.add_argument("--targets", default="94,95,96,97", help="accuracy: test accuracy %% "
                    "targets")

@@ -70,11 +70,26 @@ def _mean_staleness(rec: dict) -> float | None:
     return sum(s) / len(s) if s else None
 
 
+def _staleness_per_step(train: list[dict], start_step: int = 0) -> float | None:
+    """Mean staleness per training step, as summary.json's `mean_staleness` counts it:
+    each record's mean weighs as many steps as it covers (the last record of a run, or one
+    at a stop, covers fewer than `log_every`)."""
+    total = steps = 0.0
+    prev = start_step
+    for r in train:
+        s, n = _mean_staleness(r), r["step"] - prev
+        prev = r["step"]
+        if s is not None and n > 0:
+            total, steps = total + s * n, steps + n
+    return total / steps if steps else None
+
+
 @dataclass
 class RunLogs:
     run_dir: Path
     drift: dict[int, list[dict]] = field(default_factory=dict)
     train: dict[int, list[dict]] = field(default_factory=dict)
+    start_step: dict[int, int] = field(default_factory=dict)  # a stage's version at its start
     evals: list[dict] = field(default_factory=list)
     summary: dict | None = None
     ph_series: str = DriftConfig().ph_series
@@ -95,6 +110,8 @@ def load_run(run_dir) -> RunLogs:
         recs = read_jsonl(path)
         logs.drift[k] = [r for r in recs if r.get("kind") == "drift"]
         logs.train[k] = [r for r in recs if r.get("kind") == "train"]
+        first = next((r for r in recs if r.get("kind") == "start"), {})
+        logs.start_step[k] = first.get("version", 0)
     if (run_dir / "sink.jsonl").exists():
         logs.evals = [r for r in read_jsonl(run_dir / "sink.jsonl") if r.get("kind") == "eval"]
     logs.summary = _read_json(run_dir / "summary.json")
@@ -126,7 +143,6 @@ def stage_rows(logs: RunLogs) -> list[dict]:
         last = drift[-1] if drift else {}
         cos, mmd, shift = (_values(drift, key) for key in ("cos_ref", "mmd2_ref",
                                                             "mean_shift_ref"))
-        stale = [s for s in map(_mean_staleness, train) if s is not None]
         rate = _values(train, "samples_per_s")
         rows.append({
             "stage": k, "probes": len(drift),
@@ -137,7 +153,7 @@ def stage_rows(logs: RunLogs) -> list[dict]:
             "cka_ref_final": last.get("cka_ref"),
             # Counted from the records, so the table agrees with the markers on the plot.
             "alarms": sum(1 for r in drift if r.get("alarm")),
-            "staleness_mean": sum(stale) / len(stale) if stale else None,
+            "staleness_mean": _staleness_per_step(train, logs.start_step.get(k, 0)),
             "drops": train[-1].get("drops") if train else None,
             "samples_per_s": statistics.median(rate) if rate else None,
         })

@@ -73,8 +73,15 @@ def check_writable(out: Path) -> None:
 
 
 def check_checkpoints(cfg: RunConfig, out: Path) -> None:
-    """The checkpoints in `out` belong to a model with exactly these layers."""
+    """The checkpoints in `out` belong to a model with exactly these layers. A stage may
+    have none yet (killed before its first), so the layer count is the recorded run's."""
     K, w = cfg.n_layers, cfg.model.layers
+    model = (recorded_config(out / "config.json") or {}).get("model")
+    recorded = model.get("layers") if isinstance(model, dict) else None
+    if recorded and recorded != w:
+        raise ConfigError(f"--resume: {out} holds a run of --layers "
+                          f"{','.join(map(str, recorded))}, not {','.join(map(str, w))}; "
+                          f"resume with the run's own --layers, or use another --out")
     extra = [p.name for p in stage_checkpoints(out)
              if p.stem[5:].isdigit() and int(p.stem[5:]) >= K]
     if extra:
@@ -154,6 +161,8 @@ def recorded_config(path: Path) -> dict | None:
     try:
         table = json.loads(path.read_text())
     except (OSError, ValueError):
+        return None
+    if not isinstance(table, dict):
         return None
     return {k: v for k, v in table.items() if k not in RECORD_ONLY_KEYS}
 

@@ -90,7 +90,7 @@ class Sink:
                 try:
                     rec = self.handle(msg)
                 except WireError as exc:  # well-formed bytes, wrong content: skip it
-                    self.flow.inbox.reject(str(exc))
+                    self.flow.inbox.reject(str(exc), msg)
                     continue
                 if rec is not None:
                     records.write(rec)

@@ -73,12 +73,15 @@ class StageWorker:
                 msg = self.next_message()
                 try:
                     check_meta(msg.kind, msg.meta)
+                    if msg.kind != "ctrl" and len(msg.versions) != self.k:
+                        raise WireError(f"{msg.kind} message with {len(msg.versions)} version "
+                                        f"stamps; stage {self.k} takes one per upstream stage")
                     handler = getattr(self, f"on_{msg.kind}", None)
                     if handler is None:  # a kind only the source takes (scores)
                         raise WireError(f"a stage takes no {msg.kind} messages")
                     out = handler(msg)
                 except WireError as exc:  # well-formed bytes, wrong content: skip it
-                    self.flow.inbox.reject(str(exc))
+                    self.flow.inbox.reject(str(exc), msg)
                     continue
                 if out is not None:
                     self.flow.send(out)
@@ -132,18 +135,18 @@ class StageWorker:
 
     # ---- message kinds ---------------------------------------------------------------
     def on_train(self, msg: Message) -> Message | None:
-        for name in ("neutral", "feats"):  # the head's rows too, before any step is taken
-            if name in msg.tensors:
-                expect(msg, name)
+        # Every check before anything changes: a refused message moves no weight, no
+        # version board (its stamps are only read once its tensors passed) and no count.
+        self.check_head_inputs(msg)
         if msg.meta["step"] <= self.trained_upto:
             return self.forward_only(msg)
+        pos = self.tensor_in(msg, "pos", self.d_in)
+        neg = self.tensor_in(msg, "neg", self.d_in, rows=len(pos))
         stale = self.board.staleness(msg.versions)
         s_max = self.cfg.pipeline.max_staleness
         if s_max >= 0 and stale and max(stale) > s_max:
             self.stale_drops += 1
             return None
-        pos = self.tensor_in(msg, "pos", self.d_in)
-        neg = self.tensor_in(msg, "neg", self.d_in, rows=len(pos))
         n = len(pos)
         if self.replay is not None:
             fresh = (pos, neg)
@@ -180,6 +183,14 @@ class StageWorker:
                        "neg": self.trainer.output(self.trainer.forward(neg))}
         tensors.update(self.head_tensors(msg))
         return self.forward_as(msg, tensors, self.trainer.version)
+
+    def check_head_inputs(self, msg: Message) -> None:
+        """The head's rows (neutral, y, feats) are what `head_tensors` will take."""
+        if "neutral" in msg.tensors:
+            n = len(expect(msg, "neutral", self.d_in))
+            expect(msg, "y", rows=n, ndim=1)
+            if "feats" in msg.tensors:
+                expect(msg, "feats", rows=n)
 
     def head_tensors(self, msg: Message) -> dict:
         """Head inputs ride along: the neutral-label rows and the features gathered so far."""

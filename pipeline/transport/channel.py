@@ -14,6 +14,7 @@ import logging
 from pipeline.wire import Message
 
 log = logging.getLogger(__name__)
+LOG_FIRST, LOG_EVERY = 20, 1000
 
 
 class Channel(abc.ABC):
@@ -27,6 +28,9 @@ class Channel(abc.ABC):
         self.device_bytes = 0  # tensor bytes sent without a host copy (device_ring)
         self._next_seq = 0    # sender side
         self._expect_seq = None  # receiver side
+        # (id of the last delivered message, _expect_seq before it, its gap). An id, not
+        # the message: holding it would keep its buffers alive past the next recv.
+        self._undo = None
 
     @abc.abstractmethod
     def send(self, msg: Message, timeout: float | None = None) -> bool:
@@ -61,12 +65,29 @@ class Channel(abc.ABC):
         return msg
 
     def account(self, msg: Message) -> Message:
+        gap = 0
         if self._expect_seq is not None and msg.seq > self._expect_seq:
-            self.gaps += msg.seq - self._expect_seq
+            gap = msg.seq - self._expect_seq
+        self._undo = (id(msg), self._expect_seq, gap)
+        self.gaps += gap
         self._expect_seq = msg.seq + 1
         self.received += 1
         return msg
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, msg: Message | None = None) -> None:
+        """Count a bad message. `msg`: one that decoded and was delivered, but whose content
+        the role refused: its sequence number is not ours to trust (any peer that can reach
+        the socket chooses it), so the gap it made, if any, is taken back. That is exact
+        when `msg` is the last message delivered (a role checks each one as it takes it);
+        the 'latest' policy, which pulls ahead, keeps the gap."""
         self.rejected += 1
-        log.warning("rejected a message: %s (%d rejected so far)", reason, self.rejected)
+        undo = self._undo
+        if msg is not None and undo is not None and undo[0] == id(msg):
+            _, self._expect_seq, gap = undo
+            self.gaps -= gap
+            self.received -= 1
+            self._undo = None
+        # A flood of bad input must not become a flood of log lines: the first
+        # LOG_FIRST in full, then one line per LOG_EVERY (the count is always exact).
+        if self.rejected <= LOG_FIRST or self.rejected % LOG_EVERY == 0:
+            log.warning("rejected a message: %s (%d rejected so far)", reason, self.rejected)

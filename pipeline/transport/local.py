@@ -114,8 +114,8 @@ class ShmChannel(Channel):
         self._counters = None
         self._use(int(self.counters[0]))
         self.oversize = 0
-        if int(self.counters[2]):  # a replacement receiver: count what its predecessor lost
-            self._expect_seq = int(self.counters[2])
+        if int(self.counters[0]):  # a replacement end: a receiver counts what was lost,
+            self._expect_seq = int(self.counters[2])  # from seq 0 if nothing ever arrived
 
     def _use(self, generation: int) -> None:
         """Work on ring `generation` from its start (a fresh ring, or attaching)."""

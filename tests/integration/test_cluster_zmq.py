@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SYNTH, SYNTH_STEPS_PER_EPOCH, free_port_block, read_jsonl, wait_for
+from conftest import (SYNTH, SYNTH_STEPS_PER_EPOCH, free_port_block, read_jsonl, trained,
+                      wait_for)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -122,11 +123,6 @@ def test_zmq_local_script_names_a_dead_worker_and_stops_the_others(procs, tmp_pa
     assert len(errors) == 1 and "stage 1 died" in errors[0], err[-3000:]
     wait_for(lambda: procs.alive() == [], 5, "every worker to exit")
     assert (out / "ckpt" / "stage0.pt").exists()  # the survivors stopped cleanly
-
-
-def trained(out: Path, k: int) -> bool:
-    path = out / f"stage{k}.jsonl"
-    return path.exists() and any(r["kind"] == "train" for r in read_jsonl(path))
 
 
 def test_stage_killed_mid_run_and_restarted_with_resume_rejoins_and_the_run_completes(

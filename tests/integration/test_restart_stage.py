@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from conftest import SYNTH, free_port_block, read_jsonl, wait_for
+from conftest import SYNTH, free_port_block, read_jsonl, trained, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -18,11 +18,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 def starts(out, k: int) -> list[dict]:
     path = out / f"stage{k}.jsonl"
     return [r for r in read_jsonl(path) if r["kind"] == "start"] if path.exists() else []
-
-
-def trained(out, k: int) -> bool:
-    path = out / f"stage{k}.jsonl"
-    return path.exists() and any(r["kind"] == "train" for r in read_jsonl(path))
 
 
 @pytest.mark.parametrize("transport", ["local", "zmq"])

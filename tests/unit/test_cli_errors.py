@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(180)  # ~36 processes at once on a small runner
 
 IDX = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
        "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -52,9 +52,29 @@ def prepared_folders(base):
     for k in (0, 1):
         torch.save({"trainer": {"shape": [64, 10]}, "samples": 5, "source_step": 0},
                    more_layers / "ckpt" / f"stage{k}.pt")
+    # a 1-layer run whose checkpoint fits the first of 2 asked-for layers: the recorded
+    # config tells it from a run whose second stage died before its first checkpoint
+    fewer_layers = base / "fewer_layers"
+    (fewer_layers / "ckpt").mkdir(parents=True)
+    (fewer_layers / "config.json").write_text('{"model": {"layers": [64, 12]}}')
+    torch.save({"trainer": {"shape": [64, 12]}, "samples": 5, "source_step": 0},
+               fewer_layers / "ckpt" / "stage0.pt")
+    # a checkpoint that would run code if unpickled: here, create a file beside it
+    code_ckpt = base / "code_ckpt"
+    (code_ckpt / "ckpt").mkdir(parents=True)
+    torch.save({"trainer": OpensAFile(str(code_ckpt / "ran")), "samples": 5,
+                "source_step": 0}, code_ckpt / "ckpt" / "stage0.pt")
     (base / "a_file").write_text("not a folder")
     (base / "empty").mkdir()
-    return finished, other_model, more_layers
+    return finished, other_model, more_layers, fewer_layers, code_ckpt
+
+
+class OpensAFile:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):  # what an unpickler would call: open(path, "w")
+        return open, (self.path, "w")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +84,7 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     bad_magic = idx_folder(base / "bad_magic",
                            b"\x00\x01\x08\x03" + idx_images(2)[4:])  # 2nd byte must be 0
-    finished, other_model, more_layers = prepared_folders(base)
+    finished, other_model, more_layers, fewer_layers, code_ckpt = prepared_folders(base)
     taken = socket.create_server(("127.0.0.1", 0))  # a port someone else listens on
     port = taken.getsockname()[1]
     synth = ["--dataset", "synthetic", "--layers", "64,12", "--model.skip_layers=0"]
@@ -85,6 +105,9 @@ def runs(tmp_path_factory):
         "resume_nothing": ["train", *synth, "--out", str(base / "empty"), "--resume"],
         "resume_shapes": ["train", *synth, "--out", str(other_model), "--resume"],
         "resume_layers": ["train", *synth, "--out", str(more_layers), "--resume"],
+        "resume_fewer_layers": ["train", "--dataset", "synthetic", "--layers", "64,12,12",
+                                "--out", str(fewer_layers), "--resume"],
+        "resume_code": ["train", *synth, "--out", str(code_ckpt), "--resume"],
         "resume_lockstep": ["train", *synth, "--schedule", "lockstep", "--out", str(finished),
                             "--resume"],
         "port_in_use": ["train", *synth, "--transport", "zmq",
@@ -99,6 +122,13 @@ def runs(tmp_path_factory):
         "bench_unknown": ["bench", "transport", "--bogus", "1"],
         "bench_pipeline_unknown": ["bench", "pipeline", "--bogus", "1"],
         "worker_role": ["worker", "--role", "boss", "--transport", "zmq"],
+        "bench_missing": ["bench"],
+        "drift_unknown": ["drift", str(finished), "--bogus"],
+        "drift_missing": ["drift"],
+        "keys_missing": ["keys"],
+        "data_unknown": ["data", "export-idx", str(base / "export"), "--bogus"],
+        "compare_no_value": ["compare", "--seeds"],
+        "unknown_command": ["bogus"],
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     before = {p: sorted(p.rglob("*")) for p in base.iterdir() if p.is_dir()}
@@ -112,7 +142,7 @@ def runs(tmp_path_factory):
     results = {}
     try:
         for name, (cwd, p) in procs.items():
-            out, err = p.communicate(timeout=60)
+            out, err = p.communicate(timeout=150)
             results[name] = (p.returncode, out, err, cwd)
     finally:
         taken.close()
@@ -143,6 +173,8 @@ def one_line_error(runs, name) -> str:
     ("resume_nothing", ["no checkpoints", "--resume=auto"]),
     ("resume_shapes", ["stage0.pt", "64x10", "64x12"]),
     ("resume_layers", ["stage1.pt", "more layers"]),
+    ("resume_fewer_layers", ["64,12", "64,12,12"]),
+    ("resume_code", ["stage0.pt", "cannot load"]),  # never unpickled: nothing ran
     ("resume_lockstep", ["lockstep", "does not resume"]),
     ("port_in_use", ["in use", "stage 0"]),
     ("board_in_use", ["in use", "version board"]),
@@ -151,6 +183,13 @@ def one_line_error(runs, name) -> str:
     ("bench_unknown", ["--bogus"]),
     ("bench_pipeline_unknown", ["bogus"]),
     ("worker_role", ["--role"]),
+    ("bench_missing", ["ffpipe bench", "required"]),
+    ("drift_unknown", ["ffpipe drift", "--bogus"]),
+    ("drift_missing", ["ffpipe drift", "required"]),
+    ("keys_missing", ["ffpipe keys", "required"]),
+    ("data_unknown", ["ffpipe data", "--bogus"]),
+    ("compare_no_value", ["ffpipe compare", "--seeds"]),
+    ("unknown_command", ["bogus", "train"]),
 ])
 def test_mistakes_are_caught_before_any_process_starts_in_one_line(runs, name, words):
     line = one_line_error(runs, name)

@@ -24,14 +24,6 @@ pytestmark = pytest.mark.timeout(120)
 # Commands whose parser lives in a module this branch may not edit; they still need help
 # text and shown defaults on some options (see the reason). strict: passing fails, so the
 # mark goes when they are fixed.
-HELP_GAPS = {
-    "compare": "pipeline/compare.py: --normalizations and --out have no help, and no option "
-               "shows its default (use command_line.command_parser)",
-    "bench": "pipeline/bench/__init__.py: the positional `what` and --transports have no "
-             "help, and no option shows its default (use command_line.command_parser)",
-}
-
-
 def run(argv, capsys):
     rc = main(argv)
     out, err = capsys.readouterr()
@@ -73,9 +65,7 @@ def option_problems(parser: argparse.ArgumentParser) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("command", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=HELP_GAPS[c]))
-    if c in HELP_GAPS else c for c in COMMANDS if c != "train"])
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "train"])
 def test_every_option_of_every_command_has_help_and_shows_its_default(command, monkeypatch,
                                                                       capsys):
     parsers = parsers_printed([command, "--help"], monkeypatch, capsys)

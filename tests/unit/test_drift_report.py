@@ -69,7 +69,10 @@ def expected_row(k):
     """What report.md must say for stage k, computed straight from the synthetic JSONL."""
     drift, train = STAGES[k]
     f = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
-    stale = [sum(r["staleness"]) / len(r["staleness"]) for r in train if r["staleness"]]
+    # per step, as summary.json counts it: a record weighs the steps since the one before
+    steps = [b["step"] - a for a, b in zip([0] + [r["step"] for r in train], train)]
+    stale = [(sum(r["staleness"]) / len(r["staleness"]), n) for r, n in zip(train, steps)
+             if r["staleness"]]
     return {
         "stage": str(k), "probes": str(len(drift)),
         "cos_ref final": f(drift[-1]["cos_ref"]),
@@ -80,7 +83,8 @@ def expected_row(k):
         "mean_shift_ref max": f(max(r["mean_shift_ref"] for r in drift)),
         "cka_ref final": f(drift[-1]["cka_ref"]),
         "alarms": str(sum(r["alarm"] for r in drift)),
-        "staleness mean": f(sum(stale) / len(stale) if stale else None),
+        "staleness mean": f(sum(s * n for s, n in stale) / sum(n for _, n in stale)
+                            if stale else None),
         "drops": str(train[-1]["drops"]),
         "samples/s": f(statistics.median(r["samples_per_s"] for r in train)),
     }
@@ -105,7 +109,8 @@ def test_report_table_numbers_match_the_jsonl_and_png_is_written(tmp_path):
     # Spot-check the formatting itself, not only that both sides agree.
     assert table[1]["cos_ref final"] == "0.9753" and table[2]["cos_ref min"] == "0.8123"
     assert table[2]["mmd2_ref max"] == "0.3457" and table[2]["alarms"] == "1"
-    assert table[0]["staleness mean"] == "-" and table[2]["staleness mean"] == "2.75"
+    # stage 2: 1.5 over its first 5 steps, then 4 over 10: (7.5 + 40) / 15
+    assert table[0]["staleness mean"] == "-" and table[2]["staleness mean"] == "3.167"
 
 
 def test_report_mentions_run_summary_and_last_accuracy(tmp_path):

@@ -175,3 +175,34 @@ def test_a_replaced_receiver_gets_new_messages_and_counts_the_lost_ones_as_gaps(
     got = again.recv(timeout=5)
     assert got.meta == {"i": 3} and again.gaps == 2
     assert not hop.replace_end()     # no spare ring left: the launcher gives up instead
+
+
+def test_a_sender_that_dies_mid_message_leaves_nothing_half_written_to_read():
+    hop = two_generations()
+    sender, receiver = end(hop), end(hop)
+    assert sender.send(Message(kind="train", meta={"i": 0}), timeout=5)
+    # It takes the next free slot and has written half a message when it dies.
+    assert sender.free.acquire(True, 5)
+    slot = sender.arena[sender._w % sender.slots * sender.slot_bytes:][:sender.slot_bytes]
+    slot[: len(slot) // 2] = 0xAB
+    del sender
+    assert hop.replace_end()
+    assert end(hop).send(Message(kind="train", meta={"i": 1}), timeout=5)
+    got = [receiver.recv(timeout=5) for _ in range(2)]
+    assert [m.meta["i"] for m in got] == [0, 1]
+    assert (receiver.rejected, receiver.gaps) == (0, 0)  # nothing read, nothing lost
+    assert receiver.recv(timeout=0.1) is None
+
+
+def test_a_receiver_that_dies_mid_message_counts_it_lost_even_before_its_first_message():
+    hop = two_generations()
+    sender, receiver = end(hop), end(hop)
+    for i in range(2):
+        assert sender.send(Message(kind="train", meta={"i": i}), timeout=5)
+    assert receiver.full.acquire(True, 5)  # it has taken message 0 and dies reading it
+    del receiver
+    assert hop.replace_end()
+    again = end(hop)
+    assert sender.send(Message(kind="train", meta={"i": 2}), timeout=5)
+    got = again.recv(timeout=5)
+    assert got.meta == {"i": 2} and again.gaps == 2  # messages 0 and 1 never arrived

@@ -83,3 +83,75 @@ def test_stop_checkpoints_and_a_resumed_stage_continues_from_that_version(tmp_pa
     assert again.trainer.version == 4
     for k, v in again.trainer.layer.state_dict().items():
         assert torch.equal(v, saved[k])
+
+
+def test_a_refused_message_changes_nothing_not_the_weights_the_staleness_nor_the_stage(
+        tmp_path):
+    # Stage 1 (one upstream stamp per message). Each bad message is refused before it
+    # can touch anything: huge stamps on a message with the wrong width would otherwise
+    # poison the version board (every later input would look 10^12 updates old), extra
+    # stamps would crash the staleness sums, and a head row count that does not match
+    # would be found only after the layer had stepped.
+    good = [train_msg(s, width=6, versions=[s + 1]) for s in range(4)]
+    head = train_msg(9, width=6, versions=[9])
+    head.tensors.update(neutral=torch.rand(5, 6), y=torch.zeros(3, dtype=torch.int64))
+    bad = [train_msg(7, width=5, versions=[10 ** 12]),                 # wrong width
+           train_msg(8, width=6, versions=[1, 2, 3]),                   # 3 stamps at stage 1
+           Message("probe", versions=[], meta={"step": 0}, tensors={"x": torch.rand(4, 6)}),
+           head]                                                        # 3 labels for 5 rows
+    clean, _, clean_out = run_stage(tmp_path / "clean", 1, good,
+                                    ("pipeline.max_staleness", "3"))
+    mixed, inbox, out = run_stage(tmp_path / "mixed", 1, good[:2] + bad + good[2:],
+                                  ("pipeline.max_staleness", "3"))
+    assert inbox.rejected == len(bad)
+    assert mixed.stale_drops == clean.stale_drops == 0
+    assert mixed.trainer.version == clean.trainer.version == len(good)
+    assert mixed.stale_total == clean.stale_total
+    for k, v in mixed.trainer.layer.state_dict().items():
+        assert torch.equal(v, clean.trainer.layer.state_dict()[k]), k
+    assert [m.versions for m in out] == [m.versions for m in clean_out]
+
+
+def test_every_kind_of_hostile_message_is_refused_by_the_codec_or_by_the_stage(tmp_path):
+    # What tests/integration/test_hostile_input.py floods a live stage with, in one process:
+    # each message is refused exactly once, and none reaches the layer.
+    from messages import hostile_messages
+    from pipeline.wire import WireError, decode
+    messages, kinds = hostile_messages(2000, width=6)
+    assert all(kinds.values())
+    decoded, by_codec = [], 0
+    for frames in messages:
+        try:
+            decoded.append(decode(frames, 1 << 20))
+        except WireError:
+            by_codec += 1
+    worker, inbox, out = run_stage(tmp_path, 1, decoded)
+    assert by_codec + inbox.rejected == len(messages)
+    assert by_codec and inbox.rejected  # both lines of defence were exercised
+    assert worker.trainer.version == 0 and [m.kind for m in out] == ["ctrl"]
+
+
+def train_records(tmp_path, k: int) -> list[dict]:
+    import json
+    lines = (tmp_path / f"stage{k}.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def test_the_log_never_ends_in_an_empty_record_and_report_md_agrees_with_the_summary(
+        tmp_path):
+    from pipeline.drift.report import make_report
+    # Stamps out of order, so stage 1 sees staleness 0, 6, 0, 5, 0 over five steps.
+    stamps = [10, 4, 12, 7, 15]
+    msgs = [train_msg(s, width=6, versions=[v]) for s, v in enumerate(stamps)]
+    run_stage(tmp_path / "even", 1, msgs[:4], ("train.log_every", "2"))
+    assert [r["step"] for r in train_records(tmp_path / "even", 1)] == [2, 4]  # none at stop
+    worker, _, _ = run_stage(tmp_path / "odd", 1, msgs, ("train.log_every", "2"))
+    records = train_records(tmp_path / "odd", 1)
+    assert [r["step"] for r in records] == [2, 4, 5]  # the stop reports the one step left
+    assert all(r["samples_per_s"] > 0 and r["loss"] > 0 for r in records)
+    summary = worker.final_stats()["mean_staleness"]
+    assert summary == sum([0, 6, 0, 5, 0]) / 5
+    make_report(tmp_path / "odd")
+    row = [line for line in (tmp_path / "odd" / "report.md").read_text().splitlines()
+           if line.startswith("| 1 |")][0]
+    assert f"| {summary:.4g} |" in row, row

@@ -221,6 +221,15 @@ def test_rejects_binary_ext_and_non_string_keys_in_header(meta):
     rejected(frames_with(meta=meta))
 
 
+@pytest.mark.parametrize("depth", [2_000, 1_000_000])
+def test_rejects_a_header_nested_deeper_than_msgpack_unpacks(depth):
+    # One byte per level: a small header that would otherwise cost deep recursion.
+    header = msgpack.packb({"v": 1, "kind": "ctrl", "seq": 0, "versions": [],
+                            "meta": {"op": "epoch", "x": 0}, "tensors": []})
+    nested = header.replace(b"\xa1x\x00", b"\xa1x" + b"\x91" * depth + b"\x00")
+    assert len(nested) > depth and "msgpack" in rejected([nested])
+
+
 # ------------------------------------------------------------------ never pickle
 
 WIRE_MODULES = ["wire.py", "transport/local.py", "transport/zmq_channel.py",

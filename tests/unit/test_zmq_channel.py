@@ -245,3 +245,32 @@ def test_endpoint_for_prefers_explicit_then_ipc_then_tcp():
         "tcp://source:7000"
     with pytest.raises(ValueError):
         endpoint_for(NetConfig(), 5, 3)
+
+
+def test_a_refused_messages_sequence_number_does_not_count_as_lost_messages(
+        opened, raw_push, endpoint):
+    # Anyone who reaches the socket picks the seq of what they send: a message the role
+    # refuses (well-formed bytes, wrong content) must not make real ones look lost.
+    rx = opened(ZmqChannel.receiver, endpoint)
+    push = raw_push(endpoint)
+    stream = [(0, False), (10 ** 9, True), (1, False), (0, True), (2, False)]  # (seq, intruder)
+    for seq, _ in stream:
+        push.send_multipart(encode(Message(kind="train", seq=seq)))
+    for seq, intruder in stream:
+        got = rx.recv(timeout=TIMEOUT)
+        assert got.seq == seq
+        if intruder:
+            rx.reject("content refused by the role", got)
+    assert (rx.gaps, rx.received, rx.rejected) == (0, 3, 2)
+
+
+def test_a_flood_of_bad_messages_is_counted_exactly_but_logged_sparingly(caplog):
+    from pipeline.transport.channel import LOG_EVERY, LOG_FIRST
+    from pipeline.transport.memory import MemoryChannel
+    ch, n = MemoryChannel(), 3 * LOG_EVERY
+    with caplog.at_level("WARNING", logger="pipeline.transport.channel"):
+        for i in range(n):
+            ch.reject(f"bad {i}")
+    assert ch.rejected == n
+    assert LOG_FIRST < len(caplog.records) <= LOG_FIRST + n // LOG_EVERY  # not one per message
+    assert f"({n} rejected so far)" in caplog.records[-1].getMessage()
