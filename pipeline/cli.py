@@ -125,7 +125,8 @@ def _terminated(signum, frame):
 
 
 COMMANDS = {"train": cmd_train, "worker": cmd_worker, "drift": cmd_drift,
-            "compare": cmd_compare, "bench": cmd_bench, "keys": cmd_keys, "data": cmd_data}
+            "compare": cmd_compare, "bench": cmd_bench, "keys": cmd_keys, "data": cmd_data,
+            "plot": lambda argv: __import__("pipeline.plot_runs", fromlist=["_"]).plot_main(argv)}
 
 
 def main(argv: list[str] | None = None) -> int:

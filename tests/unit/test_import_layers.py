@@ -14,13 +14,14 @@ LAYERS = [
     ("config", ["errors", "config", "overrides", "provenance"]),
     ("maths, data, run logs, drift", [
         "allocator", "augment", "ff", "layer_trainer", "evaluation", "linear_probes", "datasets", "idx",
-        "batches", "runlog", "records", "drift", "drift.metrics", "drift.monitor",
-        "drift.page_hinkley", "drift.probe_set", "drift.tensorboard"]),
+        "batches", "runlog", "records", "run_folder", "tensorboard_mirror", "drift",
+        "drift.metrics", "drift.monitor", "drift.page_hinkley", "drift.probe_set"]),
     ("wire", ["wire"]),
     ("transport", ["transport", "transport.*"]),
     ("runtime", ["runtime", "runtime.*"]),
     ("launching, schedules", ["processes", "processes.*", "schedules", "recorder"]),
-    ("tools", ["compare", "bench", "bench.*", "drift.report"]),
+    ("tools", ["compare_plot", "figures", "compare", "plot_runs", "bench", "bench.*",
+               "drift.report"]),
     ("entry points", ["", "cli", "__main__", "launch_info"]),
 ]
 
