@@ -128,15 +128,17 @@ def drift_figure(logs: RunLogs, unit: str = "epochs"):
     body = with_banner(fig, few, height=0.045)
     axes = body.subplots(4, 2).ravel()
     x = lambda r: facts.x(record_step(r), unit)  # noqa: E731
-    # A handful of probes must still be seen: big markers, and the whole run on x.
-    marker = {"marker": "o", "markersize": 7} if few else {"marker": ".", "markersize": 5}
     watched = ph_series(logs)
 
     for ax, (key, title, ylabel) in zip(axes, DRIFT_PANELS):
         for k, recs in logs.drift.items():
             pts = [(x(r), r[key]) for r in recs if r.get(key) is not None]
+            # A handful of probes must still be seen: big markers, shrinking with the
+            # stage, so stages at the same value show as rings around each other.
+            size = max(12 - 3 * k, 4) if few else 5
             if pts:
-                ax.plot(*zip(*pts), color=f"C{k % 10}", label=f"stage {k}", **marker)
+                ax.plot(*zip(*pts), color=f"C{k % 10}", label=f"stage {k}",
+                        marker="o" if few else ".", markersize=size)
             alarms = [(x(r), r[key]) for r in recs if key == watched and r.get("alarm")
                       and r.get(key) is not None]
             if alarms:
@@ -146,6 +148,8 @@ def drift_figure(logs: RunLogs, unit: str = "epochs"):
         if key == watched:
             title += " (watched by the Page-Hinkley alarm)"
         _panel(ax, facts, unit, title, ylabel)
+        if few and ax.lines:
+            no_data(ax, "too few probes to show a trend")
 
     ax = axes[len(DRIFT_PANELS)]
     for k, recs in logs.train.items():
@@ -182,7 +186,8 @@ def _panel(ax, facts, unit: str, title: str, ylabel: str) -> None:
         return
     mark_decay(ax, [facts.x(s, unit) for s in facts.decay_steps()])
     if facts.total_steps and facts.knows(unit):
-        ax.set_xlim(0, facts.x(facts.total_steps, unit) * 1.02)
+        end = facts.x(facts.total_steps, unit)
+        ax.set_xlim(-0.02 * end, 1.02 * end)  # the whole run, a probe at 0 not cut in half
 
 
 def plot(logs: RunLogs, path: Path, unit: str = "epochs") -> Path:
