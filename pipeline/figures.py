@@ -80,5 +80,12 @@ def readable_log_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
+def thousands_on_x(ax) -> None:
+    """240,000 rather than 240000 (or 2.4e5) on an x axis of training images."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+
+
 def no_data(ax, why: str = "no data") -> None:
     ax.text(0.5, 0.5, why, ha="center", va="center", color="0.4", transform=ax.transAxes)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.figures import (figure_legend, mark_decay, new_figure, no_data,
-                              readable_log_axis, save)
+                              readable_log_axis, save, thousands_on_x)
 from pipeline.run_folder import X_UNITS, RunLogs, common_unit, read_run, record_step, x_label
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,37 @@ DEFAULT_OUT = "RUN_DIR/training.png"  # shown by --help; means "next to the one 
 ACCURACY = (("test_accuracy", "-"), ("head_accuracy", "--"))  # (sink key, line style)
 
 
-def run_name(logs: RunLogs) -> str:
-    name = logs.facts.label()
-    if logs.facts.schedule == "backprop":
-        name += "; loss = network cross-entropy"
-    return name
+# Settings that tell overlaid runs apart where they differ: (RunFacts field, as written).
+SETTINGS = (("dataset", "{}"), ("layers", "layers {}"), ("normalization", "{} normalization"),
+            ("batch_size", "batch {}"), ("epochs", "{} epochs"))
+
+
+def _setting(facts, field: str) -> str | None:
+    value = getattr(facts, field)
+    if value is None:
+        return None
+    return dict(SETTINGS)[field].format("-".join(map(str, value)) if isinstance(value, list)
+                                        else value)
+
+
+def run_names(runs: list[RunLogs]) -> list[str]:
+    """One legend entry per run: schedule, seed, the settings in which the runs differ,
+    and the run folder."""
+    differ = [f for f, _ in SETTINGS if len({_setting(r.facts, f) for r in runs}) > 1]
+    names = []
+    for r in runs:
+        name = r.facts.label([s for f in differ if (s := _setting(r.facts, f))])
+        if r.facts.schedule == "backprop":
+            name += "; loss = network cross-entropy"
+        names.append(name)
+    return names
+
+
+def shared_settings(runs: list[RunLogs]) -> str:
+    """What all the runs have in common, for the title."""
+    same = [_setting(runs[0].facts, f) for f, _ in SETTINGS
+            if len({_setting(r.facts, f) for r in runs}) == 1]
+    return ", ".join(s for s in same if s)
 
 
 def training_figure(runs: list[RunLogs], unit: str = "epochs", log_loss: bool = True,
@@ -47,6 +73,7 @@ def training_figure(runs: list[RunLogs], unit: str = "epochs", log_loss: bool = 
     for ax in axes[1 + n_stages:]:
         ax.set_axis_off()
 
+    names = run_names(runs)
     ax = axes[0]
     for i, run in enumerate(runs):
         f = run.facts
@@ -55,7 +82,7 @@ def training_figure(runs: list[RunLogs], unit: str = "epochs", log_loss: bool = 
                    if r.get(key) is not None]
             if pts:
                 ax.plot(*zip(*pts), color=f"C{i % 10}", linestyle=style, marker="o",
-                        markersize=3.5, label=run_name(run))
+                        markersize=3.5, label=names[i])
     _panel(ax, runs, unit, "Test accuracy (solid: goodness; dashed: softmax head)",
            "test accuracy %")
 
@@ -66,15 +93,17 @@ def training_figure(runs: list[RunLogs], unit: str = "epochs", log_loss: bool = 
             pts = [(f.x(record_step(r), unit), r["loss"]) for r in run.train.get(k, [])
                    if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
             if pts:
-                ax.plot(*zip(*pts), color=f"C{i % 10}", linewidth=1.1, label=run_name(run))
+                ax.plot(*zip(*pts), color=f"C{i % 10}", linewidth=1.1, label=names[i])
         if log_loss and ax.lines and all(y > 0 for line in ax.lines for y in line.get_ydata()):
             ax.set_yscale("log")
             readable_log_axis(ax)
         _panel(ax, runs, unit, f"Stage {k}: training loss (mean per log interval)",
                "loss" + (" (log scale)" if ax.get_yscale() == "log" else ""))
 
-    fig.suptitle(title or ("Training of " + (runs[0].facts.describe() if len(runs) == 1
-                                             else f"{len(runs)} runs")), fontsize=12)
+    if title is None:
+        title = ("Training of " + runs[0].facts.describe() if len(runs) == 1 else
+                 f"Training of {len(runs)} runs: {shared_settings(runs)}".rstrip(": "))
+    fig.suptitle(title, fontsize=12)
     figure_legend(fig, axes, ncols=1 if len(runs) > 2 else 2)
     return fig, unit, note
 
@@ -82,6 +111,8 @@ def training_figure(runs: list[RunLogs], unit: str = "epochs", log_loss: bool = 
 def _panel(ax, runs: list[RunLogs], unit: str, title: str, ylabel: str) -> None:
     ax.set_title(title, fontsize=10.5)
     ax.set_xlabel(x_label(unit, runs[0].facts if len(runs) == 1 else None))
+    if unit == "samples":
+        thousands_on_x(ax)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if not ax.lines:

@@ -44,6 +44,7 @@ class RunFacts:
     dataset: str | None = None
     layers: list[int] | None = None
     seed: int | None = None
+    normalization: str | None = None
     batch_size: int | None = None
     epochs: int | None = None
     lr_schedule: str | None = None
@@ -90,10 +91,11 @@ class RunFacts:
                  None if self.seed is None else f"seed {self.seed}"]
         return ", ".join(p for p in parts if p) or str(self.run_dir)
 
-    def label(self) -> str:
-        """A legend entry naming the run: schedule, seed and out folder."""
+    def label(self, extra: list[str] = ()) -> str:
+        """A legend entry naming the run: schedule, seed, `extra` and out folder."""
         who = " ".join(p for p in (self.schedule, None if self.seed is None
                                    else f"seed {self.seed}") if p)
+        who = ", ".join([who, *extra] if who else extra)
         return f"{who} ({self.run_dir})" if who else str(self.run_dir)
 
 
@@ -108,6 +110,7 @@ def run_facts(run_dir: Path, cfg: dict, summary: dict, evals: list[dict]) -> Run
         dataset=data.get("dataset", summary.get("dataset")),
         layers=model.get("layers", summary.get("layers")),
         seed=train.get("seed", summary.get("seed")),
+        normalization=model.get("normalization", summary.get("normalization")),
         batch_size=train.get("batch_size", summary.get("batch_size")),
         epochs=train.get("epochs", summary.get("epochs")),
         lr_schedule=train.get("lr_schedule"),
@@ -165,7 +168,7 @@ def x_label(unit: str, facts: RunFacts | None = None) -> str:
     """The x-axis label; with one run's facts, an epoch's length too."""
     if unit == "epochs" and facts is not None and facts.steps_per_epoch:
         return (f"epoch ({facts.steps_per_epoch:g} steps of {facts.batch_size} images; "
-                f"{facts.epochs} epochs" + (f" per layer, layer after layer)"
+                f"{facts.epochs} epochs" + (" per layer, layer after layer)"
                                             if facts.passes > 1 else ")"))
     return {"epochs": "epoch", "samples": "training images drawn (steps x batch size)",
             "steps": "source step"}[unit]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pipeline.config import DriftConfig
 from pipeline.errors import UserError
-from pipeline.figures import figure_legend, mark_decay, new_figure, no_data, save, with_banner
+from pipeline.figures import (figure_legend, mark_decay, new_figure, no_data, save,
+                              thousands_on_x, with_banner)
 from pipeline.run_folder import (RunLogs, common_unit, read_json, read_run, record_step,
                                  stage_files, x_label)
 
@@ -179,6 +180,8 @@ def drift_figure(logs: RunLogs, unit: str = "epochs"):
 def _panel(ax, facts, unit: str, title: str, ylabel: str) -> None:
     ax.set_title(title, fontsize=10.5)
     ax.set_xlabel(x_label(unit, facts))
+    if unit == "samples":
+        thousands_on_x(ax)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if not ax.lines:

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import SYNTH, SYNTH_STEPS_PER_EPOCH, read_jsonl
 from pipeline.drift.report import drift_figure, load_run, make_report
-from pipeline.plot_runs import run_name, training_figure
+from pipeline.plot_runs import run_names, training_figure
 from pipeline.run_folder import read_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -31,13 +31,13 @@ def test_plot_and_drift_of_a_pipelined_run_show_what_its_processes_logged(procs,
     fig, unit, _ = training_figure([logs])
     assert unit == "epochs"
     (acc,) = [ax for ax in fig.axes if ax.get_title().startswith("Test accuracy")]
-    (line,) = [l for l in acc.lines if l.get_label() == run_name(logs)]
+    (line,) = [l for l in acc.lines if l.get_label() == run_names([logs])[0]]
     evals = [r for r in read_jsonl(out / "sink.jsonl") if r["kind"] == "eval"]
     assert list(line.get_ydata()) == [100 * r["test_accuracy"] for r in evals]
     assert list(line.get_xdata()) == [r["step"] / SYNTH_STEPS_PER_EPOCH for r in evals]
     for k in range(3):
         (ax,) = [ax for ax in fig.axes if ax.get_title().startswith(f"Stage {k}:")]
-        (loss,) = [l for l in ax.lines if l.get_label() == run_name(logs)]
+        (loss,) = [l for l in ax.lines if l.get_label() == run_names([logs])[0]]
         recs = [r for r in read_jsonl(out / f"stage{k}.jsonl") if r["kind"] == "train"]
         assert list(loss.get_ydata()) == [r["loss"] for r in recs]
 

@@ -12,7 +12,7 @@ from pipeline import train
 from pipeline.errors import UserError
 from pipeline.figures import DECAY_LABEL
 from pipeline.overrides import config_from_argv
-from pipeline.plot_runs import parser, plot_main, run_name, training_figure
+from pipeline.plot_runs import parser, plot_main, run_names, training_figure
 from pipeline.run_folder import read_run
 
 pytestmark = pytest.mark.timeout(180)
@@ -38,8 +38,9 @@ def panel(fig, title_start):
     return ax
 
 
-def run_line(ax, logs):
-    return [line for line in ax.lines if line.get_label() == run_name(logs)]
+def run_line(ax, runs, i=0):
+    """The lines of run i of the figure's runs (its legend entry names it)."""
+    return [line for line in ax.lines if line.get_label() == run_names(runs)[i]]
 
 
 def test_plot_writes_training_png_next_to_a_single_run(runs, capsys):
@@ -56,14 +57,14 @@ def test_figure_lines_carry_the_jsonl_numbers_against_epochs(runs):
     assert (unit, note) == ("epochs", None)
     steps_per_epoch = math.ceil(TRAIN_IMAGES / 25)
     evals = [r for r in read_jsonl(run / "sink.jsonl") if r["kind"] == "eval"]
-    goodness, head = run_line(panel(fig, "Test accuracy"), logs)
+    goodness, head = run_line(panel(fig, "Test accuracy"), [logs])
     assert list(goodness.get_ydata()) == [100 * r["test_accuracy"] for r in evals]
     assert list(head.get_ydata()) == [100 * r["head_accuracy"] for r in evals]
     assert list(goodness.get_xdata()) == [r["step"] / steps_per_epoch for r in evals]
     assert goodness.get_xdata()[-1] == 2.0  # the final evaluation ends epoch 2
     for k in range(3):
         recs = [r for r in read_jsonl(run / f"stage{k}.jsonl") if r["kind"] == "train"]
-        (loss,) = run_line(panel(fig, f"Stage {k}: training loss"), logs)
+        (loss,) = run_line(panel(fig, f"Stage {k}: training loss"), [logs])
         assert list(loss.get_ydata()) == [r["loss"] for r in recs]
         assert list(loss.get_xdata()) == [r["source_step"] / steps_per_epoch for r in recs]
     # Linear decay starts half way: epoch 1 of 2, marked on every panel.
@@ -79,12 +80,15 @@ def test_runs_with_other_batch_sizes_line_up_in_samples_and_epochs(runs):
         fig, used, _ = training_figure(both, unit)
         assert used == unit
         acc = panel(fig, "Test accuracy")
-        for logs in both:
-            line = run_line(acc, logs)[0]
+        for i, logs in enumerate(both):
+            line = run_line(acc, both, i)[0]
             assert line.get_xdata()[-1] == end, (unit, logs.run_dir)
+    # The legend names each run, and the setting in which they differ.
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    for logs, seed_dir in zip(both, ("b25", "b50")):
-        assert any("lockstep" in t and "seed 0" in t and seed_dir in t for t in legend)
+    for batch, folder in ((25, "b25"), (50, "b50")):
+        assert any("lockstep seed 0" in t and f"batch {batch}" in t and folder in t
+                   for t in legend), legend
+    assert "synthetic" in fig._suptitle.get_text()  # what they share is in the title
 
 
 def test_a_run_without_its_final_evaluation_is_drawn_in_samples_with_a_warning(runs,
@@ -95,9 +99,10 @@ def test_a_run_without_its_final_evaluation_is_drawn_in_samples_with_a_warning(r
         (live / name).write_bytes((runs["b25"] / name).read_bytes())
     evals = [r for r in read_jsonl(runs["b25"] / "sink.jsonl") if not r.get("final")]
     (live / "sink.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
-    fig, unit, note = training_figure([read_run(live), read_run(runs["b50"])])
+    both = [read_run(live), read_run(runs["b50"])]
+    fig, unit, note = training_figure(both)
     assert unit == "samples" and str(live) in note and "final evaluation" in note
-    line = run_line(panel(fig, "Test accuracy"), read_run(live))[0]
+    line = run_line(panel(fig, "Test accuracy"), both)[0]
     assert list(line.get_xdata()) == [r["step"] * 25 for r in evals]
 
 
