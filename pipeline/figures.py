@@ -87,5 +87,24 @@ def thousands_on_x(ax) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
 
 
+def time_panel(ax, title: str, xlabel: str, ylabel: str, *, samples: bool,
+               decay_xs: list[float], x_end: float | None, pad: float = 0.0) -> None:
+    """Finish a panel whose x is training time: title, labels (thousands separated when x
+    counts images), grid; where it has data, the decay marks and x from 0 to the end of
+    the run (`pad`: a fraction of it left of 0, so a point at 0 is not cut in half)."""
+    ax.set_title(title, fontsize=10.5)
+    ax.set_xlabel(xlabel)
+    if samples:
+        thousands_on_x(ax)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if not ax.lines:
+        no_data(ax)
+        return
+    mark_decay(ax, decay_xs)
+    if x_end:
+        ax.set_xlim(-pad * x_end, 1.02 * x_end)
+
+
 def no_data(ax, why: str = "no data") -> None:
     ax.text(0.5, 0.5, why, ha="center", va="center", color="0.4", transform=ax.transAxes)

@@ -16,8 +16,7 @@ import math
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.figures import (figure_legend, mark_decay, new_figure, no_data,
-                              readable_log_axis, save, thousands_on_x)
+from pipeline.figures import figure_legend, new_figure, readable_log_axis, save, time_panel
 from pipeline.run_folder import X_UNITS, RunLogs, common_unit, read_run, record_step, x_label
 
 log = logging.getLogger(__name__)
@@ -109,19 +108,11 @@ def training_figure(runs: list[RunLogs], unit: str = "epochs", log_loss: bool = 
 
 
 def _panel(ax, runs: list[RunLogs], unit: str, title: str, ylabel: str) -> None:
-    ax.set_title(title, fontsize=10.5)
-    ax.set_xlabel(x_label(unit, runs[0].facts if len(runs) == 1 else None))
-    if unit == "samples":
-        thousands_on_x(ax)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if not ax.lines:
-        no_data(ax)
-        return
-    mark_decay(ax, [r.facts.x(s, unit) for r in runs for s in r.facts.decay_steps()])
     ends = [r.facts.x(r.facts.total_steps, unit) for r in runs
             if r.facts.total_steps and r.facts.knows(unit)]
-    ax.set_xlim(0, max(ends) * 1.02 if ends else None)
+    time_panel(ax, title, x_label(unit, runs[0].facts if len(runs) == 1 else None), ylabel,
+               samples=unit == "samples", x_end=max(ends, default=None),
+               decay_xs=[r.facts.x(s, unit) for r in runs for s in r.facts.decay_steps()])
 
 
 def parser() -> argparse.ArgumentParser:

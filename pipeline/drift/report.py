@@ -16,8 +16,7 @@ from pathlib import Path
 
 from pipeline.config import DriftConfig
 from pipeline.errors import UserError
-from pipeline.figures import (figure_legend, mark_decay, new_figure, no_data, save,
-                              thousands_on_x, with_banner)
+from pipeline.figures import figure_legend, new_figure, no_data, save, time_panel, with_banner
 from pipeline.run_folder import (RunLogs, common_unit, read_json, read_run, record_step,
                                  stage_files, x_label)
 
@@ -178,19 +177,9 @@ def drift_figure(logs: RunLogs, unit: str = "epochs"):
 
 
 def _panel(ax, facts, unit: str, title: str, ylabel: str) -> None:
-    ax.set_title(title, fontsize=10.5)
-    ax.set_xlabel(x_label(unit, facts))
-    if unit == "samples":
-        thousands_on_x(ax)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if not ax.lines:
-        no_data(ax)
-        return
-    mark_decay(ax, [facts.x(s, unit) for s in facts.decay_steps()])
-    if facts.total_steps and facts.knows(unit):
-        end = facts.x(facts.total_steps, unit)
-        ax.set_xlim(-0.02 * end, 1.02 * end)  # the whole run, a probe at 0 not cut in half
+    end = facts.x(facts.total_steps, unit) if facts.total_steps and facts.knows(unit) else None
+    time_panel(ax, title, x_label(unit, facts), ylabel, samples=unit == "samples",
+               decay_xs=[facts.x(s, unit) for s in facts.decay_steps()], x_end=end, pad=0.02)
 
 
 def plot(logs: RunLogs, path: Path, unit: str = "epochs") -> Path:
