@@ -1,5 +1,6 @@
-"""The records every schedule writes, in one place: the per-stage log file, the train
-record's keys, running loss/goodness means, and the summary fields every run shares.
+"""The records every schedule writes, in one place: the per-stage and sink log files (and
+their TensorBoard mirror), the train record's keys, running loss/goodness means, and the
+summary fields every run shares.
 
 The pipelined stages (`runtime.stage`) and the single-process schedules (`recorder`)
 both build their train records with `train_record`, so `ffpipe drift` and `ffpipe
