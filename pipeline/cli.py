@@ -167,6 +167,8 @@ COMMANDS = {
     "predict": Command("pipeline.model_file:predict_main",
                        "predicted labels and per-label goodness for IDX or .npy images"),
     "runs": Command("pipeline.runs_table:runs_main", "a table of existing runs (--csv too)"),
+    "plot": Command("pipeline.plot_runs:plot_main",
+                    "accuracy and each stage's loss over training, runs overlaid"),
     "sweep": Command("pipeline.sweep:sweep_main",
                      "a settings grid x seeds, one table (choosing defaults by measurement)"),
 }

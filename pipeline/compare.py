@@ -15,7 +15,7 @@ same shapes, and on the raw pixels. If trained layers probe no better than rando
 the "ensemble of linear estimators on preprocessed inputs" objection stands.
 
 Writes OUT/compare.md (run table + probe table), OUT/compare.csv (one row per run, every
-number) and OUT/compare.png (accuracy bars; probe accuracy per layer).
+number) and OUT/compare.png (accuracy bars; probe accuracy per layer; both with chance and seeds).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.compare_plot import group_rows, write_png
 from pipeline.config import SCHEDULES, RunConfig, load_config, set_value, to_dict, validate
 from pipeline.datasets import load_dataset
 from pipeline.command_line import command_parser
@@ -209,7 +210,8 @@ def run_compare(base: RunConfig, schedules: list[str], normalizations: list[str]
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "compare.csv", rows, K)
     write_md(out / "compare.md", rows, K, base)
-    write_png(out / "compare.png", rows, K, schedules, normalizations)
+    classes = (ds or load_dataset(base.data)).num_classes  # for the chance line
+    write_png(out / "compare.png", rows, K, schedules, normalizations, classes, base)
     return rows
 
 
@@ -248,13 +250,6 @@ def _pm(xs: list, pct: bool = True) -> str:
     return m + (f" ± {s * statistics.stdev(xs):.1f}" if len(xs) > 1 and pct else "")
 
 
-def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["schedule"], r["normalization"]), []).append(r)
-    return groups
-
-
 def _drift_cell(runs: list[dict], n_stages: int, mean_key: str, max_key: str) -> str:
     parts = []
     for k in range(n_stages):
@@ -272,7 +267,7 @@ def write_md(path: Path, rows: list[dict], n_stages: int, base: RunConfig) -> No
              "| schedule | normalization | seeds | test acc % | wall s | samples/s "
              "| MMD² vs ref, mean/max per stage | 1−cos vs ref, mean/max per stage |",
              "|---|---|---|---|---|---|---|---|"]
-    for (schedule, norm), runs in _groups(rows).items():
+    for (schedule, norm), runs in group_rows(rows).items():
         lines.append(
             f"| {schedule} | {norm} | {','.join(str(r['seed']) for r in runs)} "
             f"| {_pm([r['test_accuracy'] for r in runs])} "
@@ -293,51 +288,10 @@ def write_md(path: Path, rows: list[dict], n_stages: int, base: RunConfig) -> No
                      + " | —" * n_stages + " |")
         lines.append("| random frozen | — | " + " | ".join(
             _pm([r["random_probe"][k] for r in by_seed]) for k in range(n_stages)) + " |")
-        for (schedule, _), runs in _groups(probed).items():
+        for (schedule, _), runs in group_rows(probed).items():
             lines.append(f"| trained: {schedule} | — | " + " | ".join(
                 _pm([r["probe"][k] for r in runs]) for k in range(n_stages)) + " |")
     path.write_text("\n".join(lines) + "\n")
-
-
-def write_png(path: Path, rows: list[dict], n_stages: int, schedules: list[str],
-              normalizations: list[str]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    groups, width = _groups(rows), 0.8 / len(normalizations)
-    for j, norm in enumerate(normalizations):
-        accs = [[100 * r["test_accuracy"] for r in groups.get((s, norm), [])] for s in schedules]
-        ax1.bar([i + (j - (len(normalizations) - 1) / 2) * width for i in range(len(schedules))],
-                [statistics.mean(a) if a else 0 for a in accs], width,
-                yerr=[statistics.stdev(a) for a in accs] if all(len(a) > 1 for a in accs)
-                else None, label=norm, capsize=3)
-    ax1.set_xticks(range(len(schedules)), schedules)
-    ax1.set_ylabel("test accuracy %")
-    ax1.set_ylim(0, 100)
-    ax1.set_title("test accuracy by schedule")
-    ax1.legend(title="normalization")
-    probed = [r for r in rows if r["probe"]]
-    layers_x = list(range(1, n_stages + 1))
-    for (schedule, _), runs in _groups(probed).items():
-        ax2.plot(layers_x, [100 * statistics.mean(r["probe"][k] for r in runs)
-                            for k in range(n_stages)], "o-", label=f"trained: {schedule}")
-    if probed:
-        ax2.plot(layers_x, [100 * statistics.mean(r["random_probe"][k] for r in probed)
-                            for k in range(n_stages)], "s--", color="black",
-                 label="random frozen")
-        ax2.plot([0], [100 * statistics.mean(r["input_probe"] for r in probed)], "*",
-                 color="gray", markersize=12, label="raw input")
-        ax2.set_title(f"linear probe per layer ({probed[0]['normalization']})")
-        ax2.legend(fontsize=8)
-    else:
-        ax2.set_title("linear probes off (--probe-epochs 0)")
-    ax2.set_xticks(range(n_stages + 1), ["input"] + [f"layer {k}" for k in range(n_stages)])
-    ax2.set_ylabel("probe test accuracy %")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def compare_main(argv: list[str]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import time
 import tomllib
@@ -150,7 +151,15 @@ class DriftConfig:
                          choices=("mmd2_ref", "cos_ref", "cos_prev", "mean_shift_ref", "cka_ref"))
     ph_delta: float = opt(0.005, "Page-Hinkley tolerance delta", lo=0.0)
     ph_threshold: float = opt(0.5, "Page-Hinkley alarm threshold lambda", lo=0.0)
-    tensorboard: bool = opt(False, "also write TensorBoard events (needs [tensorboard] extra)")
+
+
+@dataclass(kw_only=True, slots=True)
+class LogConfig:
+    """Mirrors of the records; the JSONL files are always written and stay the source of
+    truth (every ffpipe tool reads them)."""
+    tensorboard: bool = opt(False, "also mirror every stage and sink record (loss, drift, "
+                                   "accuracy) to TensorBoard events in OUT/tensorboard/; "
+                                   "needs pip install -e '.[tensorboard]'")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -180,6 +189,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     net: NetConfig = field(default_factory=NetConfig)
 
     @property
@@ -265,9 +275,23 @@ def _coerce(value, tp, key: str):
     raise ConfigError(f"{key}: expected {name}, got {value!r}")
 
 
+# Keys that moved: the old name still works, says once per use where the key lives now.
+RENAMED_KEYS = {"drift.tensorboard": "log.tensorboard"}
+
+
+def _current_key(dotted: str) -> str:
+    new = RENAMED_KEYS.get(dotted.replace("-", "_"))
+    if new is None:
+        return dotted
+    logging.getLogger(__name__).warning("%s is deprecated: it now sets %s (use --%s)",
+                                        dotted, new, new)
+    return new
+
+
 def set_value(cfg: RunConfig, dotted: str, value) -> str:
     """Set one key (converted to its declared type); returns the key as it is spelt in
     the config ('train.batch_size' for 'train.batch-size')."""
+    dotted = _current_key(dotted)
     owner, f = _field_of(cfg, dotted)
     hints = _type_hints(type(owner))
     setattr(owner, f.name, _coerce(value, hints[f.name], dotted))

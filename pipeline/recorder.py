@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.drift import DriftMonitor
-from pipeline.records import LayerStats, StageLog, base_summary, train_record
-from pipeline.runlog import JsonlWriter, write_json_atomic
+from pipeline.records import LayerStats, SinkLog, StageLog, base_summary, train_record
+from pipeline.runlog import write_json_atomic
 
 
 class Recorder:
@@ -22,7 +22,7 @@ class Recorder:
         self.out = Path(cfg.out)
         self.t0 = time.monotonic()
         self.stage_logs = [StageLog(cfg, k) for k in range(n_layers)]
-        self.sink_log = JsonlWriter(self.out / "sink.jsonl")
+        self.sink_log = SinkLog(cfg)
         self.monitors = [DriftMonitor(k, cfg.drift) for k in range(n_layers)]
         self.stats = [LayerStats() for _ in range(n_layers)]
         self._last = [(self.t0, 0)] * n_layers

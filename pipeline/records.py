@@ -1,5 +1,6 @@
-"""The records every schedule writes, in one place: the per-stage log file, the train
-record's keys, running loss/goodness means, and the summary fields every run shares.
+"""The records every schedule writes, in one place: the per-stage and sink log files (and
+their TensorBoard mirror), the train record's keys, running loss/goodness means, and the
+summary fields every run shares.
 
 The pipelined stages (`runtime.stage`) and the single-process schedules (`recorder`)
 both build their train records with `train_record`, so `ffpipe drift` and `ffpipe
@@ -13,9 +14,9 @@ from pathlib import Path
 
 from pipeline import precision
 from pipeline.config import RunConfig
-from pipeline.drift.tensorboard import TensorBoardMirror
 from pipeline.provenance import provenance
 from pipeline.runlog import JsonlWriter
+from pipeline.tensorboard_mirror import TensorBoardMirror
 
 
 def run_provenance(out: Path) -> dict:
@@ -53,25 +54,40 @@ def train_record(*, stage: int, step: int, source_step: int, time: float, sample
             "wait_recv_s": wait_recv_s, "wait_send_s": wait_send_s, "lr": lr}
 
 
-class StageLog:
-    """stage{k}.jsonl, mirrored to TensorBoard when drift.tensorboard is on."""
+class RecordLog:
+    """One JSONL file of records, mirrored to TensorBoard when log.tensorboard is on."""
 
-    def __init__(self, cfg: RunConfig, k: int, append: bool = False):
-        self.k = k
-        self.jsonl = JsonlWriter(Path(cfg.out) / f"stage{k}.jsonl", append=append)
-        self.tb = None
-        if cfg.drift.tensorboard:
-            self.tb = TensorBoardMirror(Path(cfg.out) / "tensorboard" / f"stage{k}")
+    def __init__(self, cfg: RunConfig, name: str, append: bool = False):
+        out = Path(cfg.out)
+        self.jsonl = JsonlWriter(out / f"{name}.jsonl", append=append)
+        self.tb = TensorBoardMirror(out / "tensorboard" / name, name) \
+            if cfg.log.tensorboard else None
 
     def write(self, record: dict) -> None:
         self.jsonl.write(record)
         if self.tb is not None:
-            self.tb.write(record, self.k)
+            self.tb.write(record)
 
     def close(self) -> None:
         self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+
+
+class StageLog(RecordLog):
+    """stage{k}.jsonl: a stage's train and drift records."""
+
+    def __init__(self, cfg: RunConfig, k: int, append: bool = False):
+        super().__init__(cfg, f"stage{k}", append)
+        self.k = k
+
+
+class SinkLog(RecordLog):
+    """sink.jsonl: accuracy over training ("kind": "eval" records), written by the
+    pipeline's sink and by the single-process schedules alike."""
+
+    def __init__(self, cfg: RunConfig, append: bool = False):
+        super().__init__(cfg, "sink", append)
 
 
 class LayerStats:

@@ -8,26 +8,33 @@ Reads only the files a run writes (README, "Files a run writes"): `stage{k}.json
 from __future__ import annotations
 
 import json
-import re
+import logging
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import DriftConfig
 from pipeline.errors import UserError
-from pipeline.runlog import read_jsonl
+from pipeline.figures import figure_legend, new_figure, no_data, save, time_panel, with_banner
+from pipeline.run_folder import (RunLogs, common_unit, read_json, read_run, record_step,
+                                 stage_files, x_label)
 
-# (record key, panel title) for the per-probe drift panels, in plotting order.
+log = logging.getLogger(__name__)
+
+# The per-probe drift panels, in plotting order: (record key, what the panel shows, y
+# axis). The report.md table below keeps the record keys and explains them under it.
 DRIFT_PANELS = [
-    ("cos_ref", "cosine to first probe X_0 (mean per image)"),
-    ("cos_prev", "cosine to previous probe"),
-    ("mean_shift_ref", "relative mean shift vs X_0"),
-    ("cka_ref", "linear CKA vs X_0"),
-    ("mmd2_ref", "MMD² (RBF) vs X_0"),
-    ("active_frac", "fraction of active input units"),
+    ("cos_ref", "Same images: input now vs at the first probe",
+     "cosine similarity (1 = unchanged)"),
+    ("cos_prev", "Same images: input now vs at the previous probe", "cosine similarity"),
+    ("mean_shift_ref", "Shift of the mean input since the first probe",
+     "|mean - first mean| / |first mean|"),
+    ("cka_ref", "Geometry since the first probe", "linear CKA (1 = same geometry)"),
+    ("mmd2_ref", "Distribution distance to the first probe", "MMD\u00b2, RBF kernel"),
+    ("active_frac", "Input units that are active", "fraction of units > 0"),
 ]
+MIN_PROBES = 3  # fewer give dots, not a trend
 
 # report.md columns: (header, key of the per-stage row built by `stage_rows`).
 TABLE_COLUMNS = [
@@ -40,8 +47,6 @@ TABLE_COLUMNS = [
     ("staleness mean", "staleness_mean"), ("drops", "drops"), ("samples/s", "samples_per_s"),
 ]
 
-_STAGE_FILE = re.compile(r"stage(\d+)\.jsonl")
-
 
 def fmt(v) -> str:
     """One format for every number in the report: ints as is, floats to 4 significant
@@ -53,15 +58,6 @@ def fmt(v) -> str:
     if isinstance(v, (bool, int)):
         return str(int(v))
     return f"{v:.4g}"
-
-
-def _stage_files(run_dir: Path) -> dict[int, Path]:
-    found = {}
-    for p in run_dir.iterdir():
-        m = _STAGE_FILE.fullmatch(p.name)
-        if m:
-            found[int(m.group(1))] = p
-    return dict(sorted(found.items()))
 
 
 def _mean_staleness(rec: dict) -> float | None:
@@ -84,51 +80,8 @@ def _staleness_per_step(train: list[dict], start_step: int = 0) -> float | None:
     return total / steps if steps else None
 
 
-@dataclass
-class RunLogs:
-    run_dir: Path
-    drift: dict[int, list[dict]] = field(default_factory=dict)
-    train: dict[int, list[dict]] = field(default_factory=dict)
-    start_step: dict[int, int] = field(default_factory=dict)  # a stage's version at its start
-    evals: list[dict] = field(default_factory=list)
-    summary: dict | None = None
-    ph_series: str = DriftConfig().ph_series
-    x_key: str = "step"
-
-
 def load_run(run_dir) -> RunLogs:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} not found; give the --out folder of a run, "
-                        f"e.g. ffpipe drift runs/NAME")
-    files = _stage_files(run_dir)
-    if not files:
-        raise UserError(f"no stage logs (stage0.jsonl, ...) in {run_dir}; train into it "
-                        f"first (ffpipe train --out {run_dir}) or check the path")
-    logs = RunLogs(run_dir)
-    for k, path in files.items():
-        recs = read_jsonl(path)
-        logs.drift[k] = [r for r in recs if r.get("kind") == "drift"]
-        logs.train[k] = [r for r in recs if r.get("kind") == "train"]
-        first = next((r for r in recs if r.get("kind") == "start"), {})
-        logs.start_step[k] = first.get("version", 0)
-    if (run_dir / "sink.jsonl").exists():
-        logs.evals = [r for r in read_jsonl(run_dir / "sink.jsonl") if r.get("kind") == "eval"]
-    logs.summary = _read_json(run_dir / "summary.json")
-    cfg = _read_json(run_dir / "config.json") or {}
-    logs.ph_series = (cfg.get("drift") or {}).get("ph_series", logs.ph_series)
-    # Source steps put all stages on one clock; use them only if every record has one.
-    every = [r for k in files for r in logs.drift[k] + logs.train[k]]
-    if every and all("source_step" in r for r in every):
-        logs.x_key = "source_step"
-    return logs
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return read_run(run_dir, "ffpipe drift")
 
 
 def _values(recs: list[dict], key: str) -> list[float]:
@@ -160,60 +113,90 @@ def stage_rows(logs: RunLogs) -> list[dict]:
     return rows
 
 
-def plot(logs: RunLogs, path: Path) -> None:
-    # Figure + Agg canvas directly, not pyplot: no global backend switch, no GUI needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def ph_series(logs: RunLogs) -> str:
+    """The drift series the run's Page-Hinkley alarm watched (config.json)."""
+    return (logs.config.get("drift") or {}).get("ph_series", DriftConfig().ph_series)
 
-    fig = Figure(figsize=(13, 14), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(4, 2).ravel()
-    xlabel = "source step" if logs.x_key == "source_step" else "step"
-    x_of = lambda r: r.get(logs.x_key, r.get("step"))  # noqa: E731
 
-    for ax, (key, title) in zip(axes, DRIFT_PANELS):
+def probe_warning(logs: RunLogs) -> str | None:
+    """What to tell the user when the run has too few probes to show drift over time."""
+    most = max((len(recs) for recs in logs.drift.values()), default=0)
+    if most >= MIN_PROBES:
+        return None
+    every = (logs.config.get("drift") or {}).get("probe_every")
+    how = (f"probe more often (--probe-every, {every} steps in this run) or train longer"
+           if every else "turn probes on (--probe-every N) or train longer")
+    return (f"only {most} probe{'' if most == 1 else 's'} per stage in {logs.run_dir}: "
+            f"drift over time needs at least {MIN_PROBES}; {how}")
+
+
+def drift_figure(logs: RunLogs, unit: str = "epochs"):
+    """The drift figure of one run: six drift panels (each stage's input for the fixed
+    probe images vs the first probe), staleness and the streamed test accuracy. Returns
+    the matplotlib Figure."""
+    facts = logs.facts
+    unit, unit_note = common_unit([facts], unit)
+    few = probe_warning(logs)
+    fig = new_figure(13, 15)
+    body = with_banner(fig, few, height=0.045)
+    axes = body.subplots(4, 2).ravel()
+    x = lambda r: facts.x(record_step(r), unit)  # noqa: E731
+    watched = ph_series(logs)
+
+    for ax, (key, title, ylabel) in zip(axes, DRIFT_PANELS):
         for k, recs in logs.drift.items():
-            pts = [(x_of(r), r[key]) for r in recs if r.get(key) is not None]
+            pts = [(x(r), r[key]) for r in recs if r.get(key) is not None]
+            # A handful of probes must still be seen: big markers, shrinking with the
+            # stage, so stages at the same value show as rings around each other.
+            size = max(12 - 3 * k, 4) if few else 5
             if pts:
-                ax.plot(*zip(*pts), color=f"C{k % 10}", marker=".", label=f"stage {k}")
-            if key == logs.ph_series:
-                alarms = [(x_of(r), r[key]) for r in recs if r.get("alarm")
-                          and r.get(key) is not None]
-                if alarms:
-                    ax.plot(*zip(*alarms), linestyle="none", marker="X", markersize=11,
-                            color=f"C{k % 10}", markeredgecolor="black",
-                            label=f"stage {k} Page-Hinkley alarm")
-        if key == logs.ph_series:
-            title += "  [Page-Hinkley watched]"
-        _finish(ax, title, xlabel, key)
+                ax.plot(*zip(*pts), color=f"C{k % 10}", label=f"stage {k}",
+                        marker="o" if few else ".", markersize=size)
+            alarms = [(x(r), r[key]) for r in recs if key == watched and r.get("alarm")
+                      and r.get(key) is not None]
+            if alarms:
+                ax.plot(*zip(*alarms), linestyle="none", marker="X", markersize=12,
+                        color=f"C{k % 10}", markeredgecolor="black",
+                        label="Page-Hinkley drift alarm")
+        if key == watched:
+            title += " (watched by the Page-Hinkley alarm)"
+        _panel(ax, facts, unit, title, ylabel)
+        if few and ax.lines:
+            no_data(ax, "too few probes to show a trend")
 
     ax = axes[len(DRIFT_PANELS)]
     for k, recs in logs.train.items():
-        pts = [(x_of(r), s) for r in recs if (s := _mean_staleness(r)) is not None]
+        pts = [(x(r), s) for r in recs if (s := _mean_staleness(r)) is not None]
         if pts:
-            ax.plot(*zip(*pts), color=f"C{k % 10}", label=f"stage {k}")
-    _finish(ax, "staleness (mean over upstream stages)", xlabel, "versions behind")
+            ax.plot(*zip(*pts), color=f"C{k % 10}", linewidth=0.9, label=f"stage {k}")
+    _panel(ax, facts, unit, "Staleness of each stage's input",
+           "upstream updates behind (mean)")
 
     ax = axes[len(DRIFT_PANELS) + 1]
-    for key, style in (("test_accuracy", "-"), ("head_accuracy", "--")):
-        pts = [(r["step"], r[key]) for r in logs.evals if r.get(key) is not None]
+    for key, style, name in (("test_accuracy", "-", "test accuracy (goodness)"),
+                             ("head_accuracy", "--", "test accuracy (softmax head)")):
+        pts = [(x(r), 100 * r[key]) for r in logs.evals if r.get(key) is not None]
         if pts:
-            ax.plot(*zip(*pts), linestyle=style, marker=".", color="black", label=key)
-    _finish(ax, "streamed test accuracy (sink)", "step", "accuracy")
+            ax.plot(*zip(*pts), linestyle=style, marker="o", markersize=4, color="black",
+                    label=name)
+    _panel(ax, facts, unit, "Test accuracy, streamed during training", "accuracy %")
 
-    fig.suptitle(f"drift of each stage's input: {logs.run_dir}")
-    fig.savefig(path, dpi=90)
+    body.suptitle(f"Drift of each stage's input over training\n{facts.describe()}  "
+                  f"({logs.run_dir})", fontsize=13)
+    figure_legend(body, axes, ncols=6)
+    if unit_note:
+        log.warning(unit_note)
+    return fig
 
 
-def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+def _panel(ax, facts, unit: str, title: str, ylabel: str) -> None:
+    end = facts.x(facts.total_steps, unit) if facts.total_steps and facts.knows(unit) else None
+    time_panel(ax, title, x_label(unit, facts), ylabel, samples=unit == "samples",
+               decay_xs=[facts.x(s, unit) for s in facts.decay_steps()], x_end=end, pad=0.02)
+
+
+def plot(logs: RunLogs, path: Path, unit: str = "epochs") -> Path:
+    return save(drift_figure(logs, unit), path, dpi=90)
 
 
 def write_markdown(logs: RunLogs, rows: list[dict], path: Path) -> None:
@@ -231,7 +214,7 @@ def write_markdown(logs: RunLogs, rows: list[dict], path: Path) -> None:
                   f"at step {fmt(e.get('step'))}.", ""]
     lines += [
         "Drift of each stage's input versus its first probe X_0 "
-        f"(Page-Hinkley alarm watches `{logs.ph_series}`).",
+        f"(Page-Hinkley alarm watches `{ph_series(logs)}`).",
         "",
         "| " + " | ".join(h for h, _ in TABLE_COLUMNS) + " |",
         "|" + "|".join("---:" for _ in TABLE_COLUMNS) + "|",
@@ -256,6 +239,9 @@ def make_report(run_dir) -> tuple[Path, Path]:
     """Write RUN_DIR/drift.png and RUN_DIR/report.md; return their paths."""
     logs = load_run(run_dir)
     png, md = logs.run_dir / "drift.png", logs.run_dir / "report.md"
+    few = probe_warning(logs)
+    if few:
+        log.warning(few)
     plot(logs, png)
     write_markdown(logs, stage_rows(logs), md)
     return png, md
@@ -299,7 +285,7 @@ class Follower:
         self.latest: dict[int, dict] = {}
 
     def poll(self) -> list[str]:
-        for k, path in _stage_files(self.run_dir).items():
+        for k, path in stage_files(self.run_dir).items():
             self.tails.setdefault(k, _Tail(path))
         lines = []
         for k, tail in sorted(self.tails.items()):
@@ -344,7 +330,7 @@ def watch(run_dir, interval: float = 5.0, stream=sys.stdout,
         for line in follower.poll():
             print(line, file=stream, flush=True)
         if finished:
-            s = _read_json(run_dir / "summary.json") or {}
+            s = read_json(run_dir / "summary.json")
             acc = s.get("test_accuracy")
             print("run finished (summary.json)" +
                   (f": test accuracy {fmt(acc)}" if acc is not None else ""),

@@ -13,6 +13,7 @@ import torch
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.processes.zmq import default_store
+from pipeline.tensorboard_mirror import INSTALL_HINT
 from pipeline.transport.zmq_channel import endpoint_for
 
 
@@ -33,10 +34,10 @@ def check_devices(devices: list[str], key: str) -> None:
 
 
 def check_tensorboard(cfg: RunConfig) -> None:
-    if cfg.drift.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("drift.tensorboard needs the tensorboard package: pip install "
-                          "tensorboard (from a checkout: pip install -e '.[tensorboard]'), "
-                          "or drop the option")
+    """Before any process starts: each would otherwise fail on its own when it opens its
+    mirror."""
+    if cfg.log.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(INSTALL_HINT)
 
 
 def check_port_free(host: str, port: int, what: str) -> None:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from pipeline.config import RunConfig
 from pipeline.ff import LinearHead
-from pipeline.records import base_summary
-from pipeline.runlog import JsonlWriter, Progress, write_json_atomic
+from pipeline.records import SinkLog, base_summary
+from pipeline.runlog import Progress, write_json_atomic
 from pipeline.runtime import checkpoint
 from pipeline.runtime.flow import Flow
 from pipeline.runtime.protocol import check_meta, expect
@@ -81,7 +81,7 @@ class Sink:
             self.head_opt = torch.optim.Adam(self.head.parameters(), lr=self.cfg.train.head_lr)
 
     def run(self) -> dict:
-        records = JsonlWriter(self.out / "sink.jsonl", append=self.cfg.pipeline.resuming)
+        records = SinkLog(self.cfg, append=self.cfg.pipeline.resuming)
         self.progress = Progress(None, "pipelined", epochs=self.cfg.train.epochs)
         self.progress.phase("starting processes")  # until the source's start message
         try:

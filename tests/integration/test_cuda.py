@@ -26,3 +26,23 @@ def test_schedule_trains_on_cuda_with_the_head_on(tmp_path, schedule):
     assert summary["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
     if schedule != "backprop":
         assert summary["head_accuracy"] > 0.5
+
+
+def test_stage_to_stage_hops_on_cuda_carry_no_tensor_bytes_through_the_host(tmp_path):
+    cfg = config_from_argv([*SYNTH, "--epochs", "1", "--out", str(tmp_path / "ring"),
+                            "--devices", "cuda:0,cuda:0,cuda:0"])
+    summary = train(cfg)
+    assert summary["test_accuracy"] > 0.3
+    stages = {s["stage"]: s for s in summary["stages"]}
+    # stage 0 -> 1 and 1 -> 2 are device rings; the last stage sends to the sink (host)
+    assert stages[0]["device_bytes_sent"] > 0 and stages[1]["device_bytes_sent"] > 0
+    assert stages[2]["device_bytes_sent"] == 0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_lower_precision_trains_on_cuda_with_float32_master_weights(tmp_path, precision):
+    cfg = config_from_argv([*SYNTH, "--schedule", "lockstep", "--epochs", "2",
+                            "--train.device", "cuda", "--train.precision", precision,
+                            "--out", str(tmp_path / precision)])
+    summary = train(cfg)
+    assert summary["test_accuracy"] > 0.5 and summary["precision"] == precision

@@ -116,7 +116,7 @@ def runs(tmp_path_factory):
         "cuda_stage": ["train", *synth, "--devices", "cuda:0"],
         "cuda_index": ["train", *synth, "--devices", "cuda:99"],
         "cuda_lockstep": ["train", *synth, "--schedule", "lockstep", "--train.device", "cuda"],
-        "tensorboard": ["train", *synth, "--drift.tensorboard=true"],
+        "tensorboard": ["train", *synth, "--log.tensorboard=true"],
         "export_digits": ["data", "export-idx", str(base / "export"), "--dataset", "digits"],
         "bench_sizes": ["bench", "transport", "--sizes", "64KB"],
         "bench_unknown": ["bench", "transport", "--bogus", "1"],
@@ -209,7 +209,7 @@ def test_tensorboard_asked_for_without_it_exits_2_with_the_install_line(runs):
     import importlib.util
     if importlib.util.find_spec("tensorboard") is not None:
         pytest.skip("tensorboard is installed here")
-    assert "pip install" in one_line_error(runs, "tensorboard")
+    assert "pip install -e '.[tensorboard]'" in one_line_error(runs, "tensorboard")
 
 
 def test_a_refused_run_leaves_every_prepared_folder_as_it_was(runs):

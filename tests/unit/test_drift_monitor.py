@@ -3,7 +3,6 @@ monotonically with a known perturbation of the upstream layer, JSON-able records
 Page-Hinkley alarm wired to the configured series, and the summary."""
 
 import json
-import sys
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ import torch
 from pipeline.config import DriftConfig
 from pipeline.drift import DriftMonitor
 from pipeline.drift.monitor import RECORD_KEYS
-from pipeline.errors import UserError
 
 DRIFT_KEYS = ("cos_ref", "cos_prev", "mean_shift_ref", "mean_shift_prev", "cka_ref",
               "cka_prev", "mmd2_ref", "mmd2_prev")
@@ -137,40 +135,3 @@ def test_summary_reports_final_and_worst_drift_versus_reference():
     assert s["mean_shift_ref_final"] == recs[-1]["mean_shift_ref"]
     assert s["cka_ref_final"] == recs[-1]["cka_ref"]
     json.dumps(s, allow_nan=False)
-
-
-def test_tensorboard_mirror_without_tensorboard_says_how_to_install(monkeypatch, tmp_path):
-    # A None entry in sys.modules makes the import fail, as if tensorboard were absent.
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    from pipeline.drift.tensorboard import TensorBoardMirror
-    with pytest.raises(UserError, match=r"pip install tensorboard") as exc:
-        TensorBoardMirror(tmp_path / "tb")
-    assert "\n" not in str(exc.value)
-
-
-def test_tensorboard_mirror_writes_numeric_fields_as_scalars(monkeypatch, tmp_path):
-    # A stand-in SummaryWriter, so the mapping is tested without installing tensorboard.
-    calls = []
-
-    class FakeWriter:
-        def __init__(self, log_dir):
-            self.log_dir = log_dir
-
-        def add_scalar(self, tag, value, step):
-            calls.append((tag, value, step))
-
-        def close(self):
-            pass
-
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
-                        type(sys)("torch.utils.tensorboard"))
-    monkeypatch.setattr(sys.modules["torch.utils.tensorboard"], "SummaryWriter", FakeWriter,
-                        raising=False)
-    from pipeline.drift.tensorboard import TensorBoardMirror
-    mirror = TensorBoardMirror(tmp_path)
-    mirror.write({"kind": "drift", "stage": 1, "step": 10, "source_step": 40, "cos_ref": 0.9,
-                  "alarm": True, "staleness": [1, 3], "note": "text", "bad": float("nan")},
-                 stage=1)
-    mirror.close()
-    assert sorted(calls) == [("stage1/drift/alarm", 1.0, 40), ("stage1/drift/cos_ref", 0.9, 40),
-                             ("stage1/drift/staleness", 2.0, 40)]

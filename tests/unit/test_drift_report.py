@@ -9,8 +9,10 @@ import time
 
 import pytest
 
-from pipeline.drift.report import Follower, make_report, watch
+from pipeline.drift.report import (DRIFT_PANELS, Follower, drift_figure, load_run, make_report,
+                                   watch)
 from pipeline.errors import UserError
+from pipeline.figures import DECAY_LABEL
 from pipeline.runlog import JsonlWriter, write_json_atomic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -200,3 +202,77 @@ def test_follower_reads_only_new_records_and_waits_for_partial_lines(tmp_path):
 def test_watch_on_missing_run_dir_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not found"):
         watch(tmp_path / "nope", interval=0.01, stop_after=0.01)
+
+
+# --- drift.png: what the figure shows ----------------------------------------------------
+
+CONFIG = {"train": {"schedule": "pipelined", "seed": 3, "batch_size": 10, "epochs": 2,
+                    "lr_schedule": "linear-decay"},
+          "model": {"layers": [64, 32, 32, 32]}, "data": {"dataset": "synthetic"},
+          "drift": {"ph_series": "mmd2_ref", "probe_every": 20}}
+FINAL = {"kind": "eval", "step": 40, "final": True, "test_accuracy": 0.95}  # 2 epochs x 20
+
+
+def write_configured_run(run_dir):
+    write_run(run_dir)
+    write_json_atomic(run_dir / "config.json", CONFIG)
+    with open(run_dir / "sink.jsonl", "a") as f:
+        f.write(json.dumps(FINAL) + "\n")
+
+
+def lines_of(ax, label):
+    return [line for line in ax.lines if line.get_label() == label]
+
+
+def test_drift_figure_plots_each_stage_s_jsonl_values_against_epochs(tmp_path):
+    write_configured_run(tmp_path)
+    fig = drift_figure(load_run(tmp_path))
+    axes = {ax.get_title().split(" (")[0]: ax for ax in fig.axes if ax.get_title()}
+    steps_per_epoch = FINAL["step"] / CONFIG["train"]["epochs"]  # the final eval's step
+    for key, title, _ in DRIFT_PANELS:
+        ax = axes[title]
+        for k, (drift, _) in STAGES.items():
+            (line,) = lines_of(ax, f"stage {k}")
+            assert list(line.get_ydata()) == [r[key] for r in drift]
+            assert list(line.get_xdata()) == [r["source_step"] / steps_per_epoch
+                                              for r in drift]
+        # The decay starts half way through training: epoch 1 of 2.
+        (decay,) = lines_of(ax, DECAY_LABEL)
+        assert list(decay.get_xdata()) == [1.0, 1.0]
+        assert "epoch" in ax.get_xlabel() and ax.get_ylabel() != key  # words, not keys
+    # Stage 2's Page-Hinkley alarm sits on its MMD² curve where the record says.
+    (alarm,) = lines_of(axes[dict((k, t) for k, t, _ in DRIFT_PANELS)["mmd2_ref"]],
+                        "Page-Hinkley drift alarm")
+    assert list(alarm.get_ydata()) == [STAGES[2][0][1]["mmd2_ref"]]
+    acc = axes["Test accuracy, streamed during training"]
+    (line,) = lines_of(acc, "test accuracy (goodness)")
+    assert list(line.get_ydata()) == [100 * r["test_accuracy"] for r in EVALS + [FINAL]]
+    (head,) = lines_of(acc, "test accuracy (softmax head)")
+    assert list(head.get_ydata()) == [100 * EVALS[0]["head_accuracy"]]
+    title = fig._suptitle.get_text()
+    assert all(w in title for w in ("pipelined", "synthetic", "64-32-32-32", "seed 3"))
+    assert all(ax.get_legend() is None for ax in fig.axes)  # one legend, outside the panels
+    assert len(fig.legends) == 1
+
+
+def test_fewer_than_three_probes_warn_on_the_console_and_in_the_figure(tmp_path, caplog):
+    w = JsonlWriter(tmp_path / "stage0.jsonl")
+    w.write(drift_rec(0, 0, 1.0, 0.0, 0.0, 1.0))
+    w.close()
+    write_json_atomic(tmp_path / "config.json", CONFIG)
+    with caplog.at_level("WARNING"):
+        png, _ = make_report(tmp_path)
+    (warning,) = [r.getMessage() for r in caplog.records
+                  if r.getMessage().startswith("only")]
+    assert "only 1 probe" in warning and "--probe-every" in warning
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    fig = drift_figure(load_run(tmp_path))
+    texts = [t.get_text() for sub in fig.subfigs for t in sub.texts]
+    assert any("only 1 probe" in t for t in texts)
+
+
+def test_enough_probes_give_no_warning(tmp_path, caplog):
+    write_configured_run(tmp_path)
+    with caplog.at_level("WARNING"):
+        make_report(tmp_path)
+    assert caplog.records == []

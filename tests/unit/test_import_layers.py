@@ -15,16 +15,16 @@ LAYERS = [
                 "train_help"]),
     ("maths, data, run logs, drift", [
         "allocator", "augment", "precision", "ff", "optimizers", "layer_trainer", "evaluation",
-        "linear_probes", "datasets", "idx",
-        "batches", "runlog", "records", "drift", "drift.metrics", "drift.monitor",
-        "drift.page_hinkley", "drift.probe_set", "drift.tensorboard", "ff_model",
-        "prediction_files"]),
+        "linear_probes", "datasets", "idx", "batches", "runlog", "records", "run_folder",
+        "tensorboard_mirror", "drift", "drift.metrics", "drift.monitor", "drift.page_hinkley",
+        "drift.probe_set", "ff_model", "prediction_files"]),
     ("wire", ["wire"]),
     ("transport", ["transport", "transport.*"]),
     ("runtime", ["runtime", "runtime.*"]),
     ("launching, schedules", ["processes", "processes.*", "fork_server", "schedules",
                               "recorder", "model_file"]),
-    ("tools", ["compare", "sweep", "bench", "bench.*", "drift.report", "runs_table"]),
+    ("tools", ["compare_plot", "figures", "compare", "plot_runs", "sweep", "bench", "bench.*",
+               "drift.report", "runs_table"]),
     ("entry points", ["", "cli", "__main__", "launch_info"]),
 ]
 
