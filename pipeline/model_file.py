@@ -33,7 +33,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from pipeline.config import DATASETS, DataConfig, RunConfig, from_dict, to_dict
+from pipeline.config import DataConfig, RunConfig, from_dict, load_config, to_dict
+from pipeline.dataset_info import DATASETS
 from pipeline.datasets import Dataset, load_dataset
 from pipeline.errors import UserError
 from pipeline.evaluation import accuracy
@@ -214,13 +215,18 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> FFModel:
 
 # ---- evaluation ------------------------------------------------------------------------
 
+def dataset_defaults(name: str) -> DataConfig:
+    """A dataset's data settings as a run of it gets them (its own train_size, ...)."""
+    return load_config(None, [("data.dataset", name)]).data
+
+
 def evaluation_data(run_dir: Path, model: FFModel, dataset: str | None,
                     data_dir: str | None) -> DataConfig:
     """The run's own data settings (same split, same limits) when evaluating on its own
     dataset; the defaults of another dataset otherwise."""
     own = run_config(run_dir).data if (run_dir / "config.json").exists() else \
-        DataConfig(dataset=model.data["dataset"])
-    data = own if dataset in (None, own.dataset) else DataConfig(dataset=dataset)
+        dataset_defaults(model.data["dataset"])
+    data = own if dataset in (None, own.dataset) else dataset_defaults(dataset)
     if data_dir:
         data.data_dir = data_dir
     return data

@@ -180,10 +180,11 @@ def common_unit(runs: list[RunFacts], wanted: str) -> tuple[str, str | None]:
     """The unit every run can be drawn in: `wanted`, else samples (a run without a final
     evaluation yet, live or killed, has no known epoch length), else source steps (no
     config.json). Returns (unit, a warning for the user or None)."""
+    why = None  # why the unit before this one could not be used
     for unit in (wanted, "samples", "steps"):
         missing = [str(r.run_dir) for r in runs if not r.knows(unit)]
         if not missing:
-            return unit, None if unit == wanted else why
+            return unit, why
         why = (f"x in {'samples' if unit == 'epochs' else 'source steps'}, not {wanted}: "
                f"{', '.join(missing)} has "
                + ("no final evaluation in sink.jsonl, so its epoch length is unknown"

@@ -241,7 +241,7 @@ def print_report(cfg: RunConfig, rows: list[dict], gemm: dict, dtypes: list[str]
         if d != "fp32" and all(gemm.get((k, d)) and gemm.get((k, "fp32")) for k in keys):
             print(f"{d} runs the same GEMMs at " + ", ".join(
                 f"{gemm[(k, 'fp32')] / gemm[(k, d)]:.2f}" for k in keys) +
-                f" x the fp32 rate (each row above, in order)", file=stream)
+                " x the fp32 rate (each row above, in order)", file=stream)
     cuda = any(r.get("peak_cuda_mb") is not None for r in rows)
     print(f"\ntrain steps (median of {reps}; GFLOP/s of the counted GEMM FLOPs; 'of GEMM' "
           f"= achieved / GEMM-only in the dtype the step's GEMMs ran in):", file=stream)

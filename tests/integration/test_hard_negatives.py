@@ -12,7 +12,6 @@ import queue
 import threading
 
 import pytest
-import torch
 
 from pipeline.config import load_config
 from pipeline.datasets import load_dataset

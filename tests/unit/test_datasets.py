@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import DATASETS as CONFIG_DATASETS
+from pipeline.dataset_info import DATASETS as CONFIG_DATASETS
 from pipeline.config import DataConfig, load_config
 from pipeline.dataset_info import DATASET_INPUT
 from pipeline.datasets import (DATASETS, IDX_NAMES, Dataset, export_idx, find_idx_files,

@@ -11,7 +11,7 @@ ROOT = Path(pipeline.__file__).parent
 
 # Lowest first. A module may import from its own layer and every layer above it here.
 LAYERS = [
-    ("config", ["errors", "dataset_info", "config", "overrides", "provenance", "command_line",
+    ("config", ["errors", "dataset_info", "config_sections", "config", "overrides", "provenance", "command_line",
                 "train_help"]),
     ("maths, data, run logs, drift", [
         "allocator", "augment", "precision", "ff", "optimizers", "layer_trainer", "evaluation",
