@@ -10,7 +10,6 @@ A child stops by itself if its parent dies.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 import traceback
@@ -30,12 +29,29 @@ from pipeline.transport.device_ring import DeviceRingChannel
 from pipeline.transport.local import ShmChannel
 
 
+def launcher_watch(lifeline, every: float = 0.25):
+    """`gone()`: True once the launcher has died. The launcher holds the only write end
+    of `lifeline`, so its death is end-of-file on this read end. (A child forked from the
+    fork server is the server's child, not the launcher's: its parent pid says nothing.)
+    Checked at most every `every` seconds: the callers ask once per message."""
+    state = {"next": 0.0, "gone": False}
+
+    def gone() -> bool:
+        now = time.monotonic()
+        if not state["gone"] and now >= state["next"]:
+            state["next"] = now + every
+            state["gone"] = lifeline.poll()  # never written to: readable means EOF
+        return state["gone"]
+    return gone
+
+
 def child_main(role: str, index: int, cfg_dict: dict, inbox, outbox, board_array, stop,
-               errors, dataset, run_start, restarts: int = 0, feedback=None) -> None:
+               errors, dataset, run_start, restarts: int = 0, feedback=None,
+               lifeline=None) -> None:
     """Entry point of every local child (importable by name: the child unpickles it so)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-    should_stop = lambda: stop.is_set() or os.getppid() != parent  # noqa: E731
+    launcher_gone = launcher_watch(lifeline)
+    should_stop = lambda: stop.is_set() or launcher_gone()  # noqa: E731
     try:
         run_process(role, index, from_dict(cfg_dict), inbox, outbox, SharedBoard(board_array),
                     should_stop, dataset=dataset, run_start=run_start, restarts=restarts,
@@ -69,6 +85,8 @@ def train_local(cfg: RunConfig, ds: Dataset) -> dict:
                            p.max_message_bytes) if cfg.train.negatives == "hard" else None)
     board = ctx.Array("q", K, lock=False)
     stop, errors = ctx.Event(), ctx.Queue()
+    # Children stop when this process dies, even by SIGKILL: they watch the read end.
+    lifeline, _keep_alive = ctx.Pipe(duplex=False)
     cfg_dict, run_start = to_dict(cfg), time.time()
 
     def child(role: str, index: int, inbox, outbox, restarts: int = 0) -> SpawnedChild:
@@ -76,7 +94,7 @@ def train_local(cfg: RunConfig, ds: Dataset) -> dict:
                                                                     "resume": "true"}}
         args = (role, index, d, inbox, outbox, board, stop, errors,
                 ds if role == "source" else None, run_start, restarts,
-                feedback if role in ("source", "sink") else None)
+                feedback if role in ("source", "sink") else None, lifeline)
         return SpawnedChild(ctx.Process(target=child_main, name=role_name(role, index),
                                         args=args), stop)
 
@@ -90,4 +108,5 @@ def train_local(cfg: RunConfig, ds: Dataset) -> dict:
                                               for k in range(K)] + [("sink", 0, hops[K], None)]
     run_supervised((child(*spec) for spec in specs), -1, p.stop_timeout, errors,
                    RestartBudget(p.restarts, restart_stage, p.stop_timeout))
+    _keep_alive.close()
     return read_summary(cfg.out)

@@ -28,7 +28,9 @@ def test_a_stage_killed_mid_run_is_restarted_alone_and_the_run_completes(
                       "--train.log_every=5", "--pipeline.ckpt_every=10",
                       "--pipeline.restarts=1", "--eval-every", "0", "--transport", transport,
                       "--net.base_port", str(free_port_block(5))])
-    wait_for(lambda: trained(out, 1) and len(starts(out, 2)) == 1, 90, "stage 1 to train")
+    # Killed after its first checkpoint, so the replacement has one to resume from.
+    wait_for(lambda: trained(out, 1) and (out / "ckpt" / "stage1.pt").exists()
+             and len(starts(out, 2)) == 1, 90, "stage 1 to train and checkpoint")
     before = set(procs.alive())
     victim = starts(out, 1)[0]["pid"]
     os.kill(victim, signal.SIGKILL)
