@@ -111,7 +111,8 @@ class Progress:
     evaluation" (see `phase`), with the loss and test accuracy callers pass to `update`.
 
     On a terminal: a tqdm bar. Otherwise (a log file, CI): a timestamped line when a
-    named phase starts, one `first` seconds after the first sample is counted, then one
+    named phase starts, one `first` seconds after the first sample is counted (or at the
+    first epoch boundary, if that comes sooner: a short run still shows its rate), then one
     every `every` seconds, each with the rate and the time left (ETA), and a last one at
     `close`.
     """
@@ -127,6 +128,7 @@ class Progress:
         self.n, self.postfix, self.named = 0, {}, None
         self.next_line = float("inf")  # set by the first counted sample
         self.rate_from = None  # (time, n) of the first counted sample: ETA without start-up
+        self.rated = False  # a line with the rate and ETA was written
         self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=self.stream,
                         dynamic_ncols=True) if self.tty else None
 
@@ -172,7 +174,8 @@ class Progress:
             if postfix:
                 self.bar.set_postfix_str(self._extras(), refresh=False)
             return
-        if self.clock() >= self.next_line:
+        first_boundary = not self.rated and n and self.current_phase() != old
+        if first_boundary or self.clock() >= self.next_line:
             self._line()
 
     def _title(self) -> str:
@@ -197,8 +200,9 @@ class Progress:
             self.next_line = now + self.every
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        extras = self._extras()
-        announce(f"{self._title()}: {done} {self.unit}{pct}{self._eta(now)}"
+        extras, eta = self._extras(), self._eta(now)
+        self.rated = self.rated or bool(eta)
+        announce(f"{self._title()}: {done} {self.unit}{pct}{eta}"
                  + (f", {extras}" if extras else ""), self.stream)
 
     def close(self) -> None:

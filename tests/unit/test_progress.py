@@ -82,3 +82,17 @@ def test_the_first_line_names_what_starts_and_where_the_run_goes():
     assert "shared memory" in line and "64-1000-1000-1000" in line and line.endswith("runs/x")
     single = run_line(load_config(None, {"train.schedule": "lockstep", "out": "runs/y"}))
     assert single.startswith("lockstep: training every layer in this process (cpu)")
+
+
+def test_a_short_run_shows_its_rate_at_the_first_epoch_boundary():
+    clock, out = Clock(), io.StringIO()
+    p = Progress(400, "pipelined", epochs=2, every=10.0, first=2.0, stream=out, clock=clock)
+    p.update(100)
+    clock.t += 0.5  # well before `first`
+    p.update(50)
+    assert lines(out) == []  # still epoch 1 (200 samples each)
+    p.update(100)  # epoch 2 starts
+    assert len(lines(out)) == 1
+    assert "pipelined epoch 2/2: 250/400" in lines(out)[0] and "ETA" in lines(out)[0]
+    p.update(50)  # later boundaries do not add lines: the interval rules again
+    assert len(lines(out)) == 1
