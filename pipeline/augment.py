@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.dataset_info import resolve_augment
 from pipeline.datasets import Dataset
 from pipeline.errors import ConfigError
 
 
-def shift_pixels(spec: str) -> int:
-    """'shift:2' -> 2; 'none' -> 0 (the config has validated the spelling)."""
+def shift_pixels(spec: str, dataset: str = "") -> int:
+    """'shift:2' -> 2; 'none' -> 0; 'auto' -> the dataset's (the config has validated the
+    spelling)."""
+    spec = resolve_augment(spec, dataset)
     return int(spec[len("shift:"):]) if spec.startswith("shift:") else 0
 
 
 def check_augment(spec: str, ds: Dataset) -> None:
-    n = shift_pixels(spec)
+    n = shift_pixels(spec, ds.name)
     if not n:
         return
     if ds.image_shape is None:

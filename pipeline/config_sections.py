@@ -28,9 +28,11 @@ class DataConfig:
     split_seed: int = opt(0, "seed of the fixed train/test split of mnist-5k, digits, synthetic", lo=0)
     train_limit: int = opt(0, "use only the first N training images (0 = all)", lo=0)
     test_limit: int = opt(0, "use only the first N test images (0 = all)", lo=0)
-    augment: str = opt("none", "training-image augmentation: none, or shift:N (each image "
+    augment: str = opt("auto", "training-image augmentation: none, or shift:N (each image "
                                "moved by a random offset in [-N, N]^2, zero fill, fresh every "
-                               "epoch; test images are never augmented)")
+                               "epoch; test images are never augmented); auto = shift:1 on "
+                               "mnist-5k, mnist and fashion-mnist, none on digits and "
+                               "synthetic")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -49,7 +51,7 @@ class ModelConfig:
 @dataclass(kw_only=True, slots=True)
 class TrainConfig:
     schedule: str = opt("pipelined", "how the layers are trained", choices=SCHEDULES)
-    epochs: int = opt(60, "passes over the training set (per layer for sequential)", lo=1)
+    epochs: int = opt(100, "passes over the training set (per layer for sequential)", lo=1)
     batch_size: int = opt(100, "positive samples per step (plus as many negatives)", lo=1)
     optimizer: str = opt("adam", "per-layer optimizer", choices=("adam", "sgd"))
     lr: float = opt(1e-3, "learning rate of the FF layers (and backprop)", lo=0.0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline import precision
 from pipeline.config import RunConfig
+from pipeline.dataset_info import resolve_augment
 from pipeline.provenance import provenance
 from pipeline.runlog import JsonlWriter
 from pipeline.tensorboard_mirror import TensorBoardMirror
@@ -33,6 +34,7 @@ def base_summary(cfg: RunConfig) -> dict:
             "layers": cfg.model.layers, "normalization": cfg.model.normalization,
             "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
             "seed": cfg.train.seed, "loss": cfg.train.loss,
+            "augment": resolve_augment(cfg.data.augment, cfg.data.dataset),
             # What `auto` became on the device of the single-process schedules / stage 0.
             "precision": precision.name(cfg.train.precision, (cfg.pipeline.devices or
                                                               [cfg.train.device])[0]),

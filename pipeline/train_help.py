@@ -50,7 +50,7 @@ examples:
 METAVARS = {"out": "DIR", "data.data_dir": "DIR", "net.ipc_dir": "DIR", "net.curve_dir": "DIR",
             "train.device": "DEVICE", "pipeline.devices": "DEVICE,...", "net.host": "HOST",
             "net.bind_host": "HOST", "net.store": "HOST:PORT", "net.endpoints": "URL,...",
-            "data.augment": "none|shift:N"}
+            "data.augment": "auto|none|shift:N"}
 
 
 def cli_value(value) -> str:

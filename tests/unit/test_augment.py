@@ -82,3 +82,19 @@ def test_augmenting_data_that_is_not_an_image_or_by_too_much_is_refused():
         check_augment("shift:1", ds)
     with pytest.raises(ConfigError, match="data.augment"):
         load_config(None, [("data.augment", "rotate:5")])
+
+
+def test_auto_is_each_datasets_own_augmentation_and_the_summary_names_it():
+    from pipeline.augment import shift_pixels
+    from pipeline.dataset_info import AUTO_AUGMENT, DATASETS
+    from pipeline.records import base_summary
+    for name in DATASETS:
+        cfg = load_config(None, [("data.dataset", name)])
+        assert cfg.data.augment == "auto"
+        own = AUTO_AUGMENT.get(name, "none")
+        assert BatchStream(cfg, tiny_dataset()).shift == shift_pixels(own)
+        assert base_summary(cfg)["augment"] == own
+    assert {"digits", "synthetic"}.isdisjoint(AUTO_AUGMENT)  # not 28x28 images
+    ds = tiny_dataset()
+    ds.image_shape, ds.name = None, "synthetic"
+    check_augment("auto", ds)  # nothing to shift: accepted
