@@ -5,7 +5,8 @@ units do alone, for the exact shapes of a config's step.
                 bfloat16 (float16 too on CUDA, or when asked), with the stage's threads
     layer k     `LayerTrainer.train_step` of layer k alone, in a fresh process with the
                 stage's threads, at the config's precision and at each one asked for
-    lockstep    every layer in one process with K x threads_per_stage threads
+    lockstep    every layer in one process with K x threads_per_stage threads (at most
+                the machine's cores: more threads than cores only make them wait)
     pipelined   the real `ffpipe train` (source, K stages, sink) in a subprocess: the
                 sink's steady rate, each stage's rate while busy (its waits for input and
                 for room downstream left out), peak RSS of every process, and first-batch
@@ -24,6 +25,7 @@ pipeline goes no faster than its slowest stage.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -105,15 +107,20 @@ def _layer_child(cfg_dict, k, precisions, dtypes, seconds, out_q) -> None:
 
 def _lockstep_child(cfg_dict, precisions, dtypes, seconds, gemm_only, out_q) -> None:
     cfg = from_dict(cfg_dict)
-    setup_process(cfg.n_layers * cfg.pipeline.threads_per_stage, cfg.train.device)
+    setup_process(lockstep_threads(cfg), cfg.train.device)
     out_q.put(_measure_steps(cfg, list(range(cfg.n_layers)), cfg.train.device, precisions,
                              dtypes, seconds, gemm_only))
+
+
+def lockstep_threads(cfg: RunConfig) -> int:
+    """The cores the pipeline's stages have together, at most the machine's."""
+    return min(cfg.n_layers * cfg.pipeline.threads_per_stage, os.cpu_count() or 1)
 
 
 def lockstep_measurement(cfg: RunConfig, precisions: list[str], dtypes: list[str],
                          seconds: float, gemm_only: bool = True) -> dict:
     """Lockstep train steps (and GEMM-only rates) in a fresh process with every layer and
-    K x threads_per_stage threads, the cores the pipeline's stages have together."""
+    `lockstep_threads` threads."""
     return in_child(_lockstep_child, to_dict(cfg), precisions, dtypes, seconds, gemm_only)
 
 
@@ -179,7 +186,7 @@ def measure_rep(cfg: RunConfig, precisions: list[str], dtypes: list[str], second
             rows.append(row)
     got = lockstep_measurement(cfg, precisions, dtypes, seconds)
     gemm.update({("all", name): s for name, s in got["gemm_s"].items()})
-    rows += rows_of(got, sum(flops), B, "lockstep", str(K * tps))
+    rows += rows_of(got, sum(flops), B, "lockstep", str(lockstep_threads(cfg)))
     run_cfg = sized_for_steps(cfg, n_train, steps)
     for p in precisions:
         run_cfg.train.precision = p
@@ -235,7 +242,7 @@ def print_report(cfg: RunConfig, rows: list[dict], gemm: dict, dtypes: list[str]
         cells = [_sig(flops / gemm[(k, d)] / 1e9 if gemm.get((k, d)) else None, 8)
                  for d in dtypes]
         print("  " + f"{'layer ' + str(k) if k != 'all' else 'all':10s} {shape:>13s} "
-                     f"{tps if k != 'all' else K * tps:>7d} " + " ".join(cells), file=stream)
+                     f"{tps if k != 'all' else lockstep_threads(cfg):>7d} " + " ".join(cells), file=stream)
     keys = [*range(K), "all"]
     for d in dtypes:
         if d != "fp32" and all(gemm.get((k, d)) and gemm.get((k, "fp32")) for k in keys):
