@@ -16,7 +16,15 @@ import torch.nn as nn
 
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
-from pipeline.ff import FFLayer, LinearHead, head_features, label_scores, normalize, overlay
+from pipeline.ff import (
+    FFLayer,
+    LinearHead,
+    head_features,
+    label_scores,
+    normalize,
+    overlay,
+)
+from pipeline.precision import DTYPES
 
 CHUNK = 1000  # images per forward pass (label_scores' own chunk), bounding memory
 
@@ -27,7 +35,9 @@ def _model_config(table: dict) -> ModelConfig:
 
 
 class FFModel:
-    """A trained network read from a model file: inference only, float32.
+    """A trained network read from a model file: inference only; float32 weights, matmuls
+    in the precision the run trained in (its `precision`: fp32, or bf16 where `auto` found
+    fast bf16), so predictions are the run's own.
 
     Images `x` are [N, D] or [N, H, W], torch or numpy, float in [0, 1] (as the training
     data) or uint8 0..255 (divided by 255, as MNIST bytes are for training).
@@ -50,7 +60,10 @@ class FFModel:
         self.image_shape = tuple(self.data["image_shape"] or ()) or None
         w, m = self.config.layers, self.config
         with torch.random.fork_rng(devices=[]):  # building layers draws init weights
-            self.layers = [FFLayer(w[k], w[k + 1], m.normalization)
+            # Float32 weights; the matmuls in the precision the run trained (and was
+            # evaluated) in, so predictions are the run's own (older files: float32).
+            dtype = DTYPES[self.run.get("precision", "fp32")]
+            self.layers = [FFLayer(w[k], w[k + 1], m.normalization, dtype)
                            for k in range(len(w) - 1)]
             self.head = (LinearHead(w[2:], self.num_classes) if "head.linear.weight"
                          in tensors else None)

@@ -33,6 +33,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from pipeline import precision
 from pipeline.config import DataConfig, RunConfig, from_dict, load_config, to_dict
 from pipeline.dataset_info import DATASETS
 from pipeline.datasets import Dataset, load_dataset
@@ -65,7 +66,8 @@ def data_info(ds: Dataset) -> dict:
 # ---- writing -------------------------------------------------------------------------
 
 def _float32(state: dict, prefix: str) -> dict[str, torch.Tensor]:
-    # float32 whatever the run computed in (train.precision): one file format for all.
+    # float32 whatever the run computed in (train.precision): one file format for all; the
+    # run's precision is in the metadata, and inference multiplies in it (FFModel).
     return {f"{prefix}{name}": t.detach().to("cpu", torch.float32).contiguous().clone()
             for name, t in state.items()}
 
@@ -89,6 +91,7 @@ def save_model(path: str | Path, cfg: RunConfig, data: dict, layers: list[dict],
             "model": json.dumps(to_dict(cfg)["model"]), "data": json.dumps(data),
             "run": json.dumps({"schedule": cfg.train.schedule, "seed": cfg.train.seed,
                                "epochs": cfg.train.epochs,
+                               "precision": precision.of_run(cfg),
                                "transport": cfg.pipeline.transport})}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

@@ -51,6 +51,15 @@ def resolve(precision: str, device: str | torch.device = "cpu") -> torch.dtype:
     return DTYPES[precision]
 
 
+def of_run(cfg) -> str:
+    """'fp32', 'bf16' or 'fp16': what a run's train.precision meant where its first layer
+    trained (what `summary.json` records as `precision`). The backprop reference always
+    trains in float32."""
+    if cfg.train.schedule == "backprop":
+        return "fp32"
+    return name(cfg.train.precision, (cfg.pipeline.devices or [cfg.train.device])[0])
+
+
 def name(precision: str, device: str | torch.device = "cpu") -> str:
     """'fp32', 'bf16' or 'fp16': what `precision` means on `device` (for logs and summaries)."""
     return NAMES[resolve(precision, device)]

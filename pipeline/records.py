@@ -36,8 +36,7 @@ def base_summary(cfg: RunConfig) -> dict:
             "seed": cfg.train.seed, "loss": cfg.train.loss,
             "augment": resolve_augment(cfg.data.augment, cfg.data.dataset),
             # What `auto` became on the device of the single-process schedules / stage 0.
-            "precision": precision.name(cfg.train.precision, (cfg.pipeline.devices or
-                                                              [cfg.train.device])[0]),
+            "precision": precision.of_run(cfg),
             "wire_dtype": cfg.pipeline.wire_dtype,
             "provenance": run_provenance(Path(cfg.out))}
 

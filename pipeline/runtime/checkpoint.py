@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline import precision
 from pipeline.errors import UserError
 from pipeline.ff import FFLayer
 
@@ -74,10 +75,12 @@ def load_module_state(run_dir: str | Path, name: str) -> dict | None:
 
 
 def load_layers(run_dir: str | Path, cfg) -> list:
-    """The trained FF layers of a finished run, from ckpt/stage{k}.pt."""
+    """The trained FF layers of a finished run, from ckpt/stage{k}.pt, multiplying in the
+    precision the run trained in (`precision.of_run`), so they score as its stages did."""
     w, layers = cfg.model.layers, []
+    dtype = precision.DTYPES[precision.of_run(cfg)]
     for k, state in enumerate(layer_states(run_dir, w)):
-        layer = FFLayer(w[k], w[k + 1], cfg.model.normalization)
+        layer = FFLayer(w[k], w[k + 1], cfg.model.normalization, dtype)
         layer.load_state_dict(state)
         layers.append(layer.eval())
     return layers

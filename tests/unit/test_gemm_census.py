@@ -23,7 +23,14 @@ def test_a_train_step_runs_a_forward_and_a_weight_gradient_gemm_and_no_input_gra
     gemms = census(lambda: tr.train_step(torch.rand(B, 20), torch.rand(B, 20), 0.0))
     assert [op for op, _, _ in gemms] == ["addmm", "mm"]  # forward, then weight gradient
     assert sum(f for _, f, _ in gemms) == step_gemm_flops(B, 20, 16)
-    assert main_dtype(gemms) == torch.float32
+    assert main_dtype(gemms) == tr.dtype  # what train.precision resolved to here
+
+
+def test_the_census_sees_the_precision_the_step_ran_in():
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        tr = trainer(**{"train.precision": name})
+        gemms = census(lambda: tr.train_step(torch.rand(5, 20), torch.rand(5, 20), 0.0))
+        assert main_dtype(gemms) == dtype
 
 
 def test_an_upstream_input_that_needs_gradients_would_add_a_third_gemm():

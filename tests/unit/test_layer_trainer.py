@@ -21,7 +21,8 @@ LR = 0.1
 def sgd_config(*extra):
     return load_config(None, [("model.layers", "4,3,2"), ("train.optimizer", "sgd"),
                               ("train.momentum", "0"), ("train.lr", str(LR)),
-                              ("train.lr_schedule", "constant"), *extra])
+                              ("train.lr_schedule", "constant"),
+                              ("train.precision", "fp32"), *extra])  # exact float32 maths
 
 
 def batch(seed: int, n: int = 5, d: int = 4):
