@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.config import RunConfig
+from pipeline.dataset_info import resolve_augment
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
@@ -96,8 +97,12 @@ def run_line(cfg: RunConfig) -> str:
         what = f"training every layer in this process ({t.device})"
     again = f", resume={p.resume}" if p.resume != "false" else ""
     epochs = f"{t.epochs} epoch{'s' * (t.epochs != 1)}"
+    # imports torch, which the rest of this module does not need
+    from pipeline import precision
+    aug = resolve_augment(cfg.data.augment, cfg.data.dataset)
+    how = f"{precision.of_run(cfg)}" + (f", {aug}" if aug != "none" else "")
     return (f"{t.schedule}: {what}; layers {'-'.join(map(str, cfg.model.layers))} on "
-            f"{cfg.data.dataset}, {epochs}, seed {t.seed}{again} -> {cfg.out}")
+            f"{cfg.data.dataset}, {epochs} ({how}), seed {t.seed}{again} -> {cfg.out}")
 
 
 TRANSPORT_WORDS = {"local": "shared memory", "zmq": "zmq sockets",
