@@ -51,7 +51,8 @@ class BatchStream:
         self.C, self.strength = ds.num_classes, cfg.model.label_strength
         self.n, self.B = len(ds.x_train), cfg.train.batch_size
         self.per_epoch = math.ceil(self.n / self.B)
-        self.shift = shift_pixels(cfg.data.augment, cfg.data.dataset)  # pixels; 0 = no augmentation
+        # pixels; 0 = no augmentation ("auto" resolved for the dataset)
+        self.shift = shift_pixels(cfg.data.augment, cfg.data.dataset)
         self.total = self.epochs * self.per_epoch  # steps of a full run
 
     def batches(self, start_step: int = 0,

@@ -215,7 +215,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not cfg.out:  # a fresh folder per run, as Hydra does: runs never mix by default
         cfg.out = time.strftime("runs/%Y%m%d-%H%M%S", time.gmtime())
     aug = cfg.data.augment
-    if aug not in ("none", "auto") and not (aug.startswith("shift:") and aug[6:].isdigit() and int(aug[6:]) > 0):
+    shift = aug.startswith("shift:") and aug[6:].isdigit() and int(aug[6:]) > 0
+    if aug not in ("none", "auto") and not shift:
         raise ConfigError(f"data.augment: {aug!r} is not allowed; use auto, none or shift:N "
                           f"with N >= 1 pixels, e.g. shift:2")
     if m.label_strength == 0:

@@ -14,10 +14,10 @@ DATASET_INPUT = {"mnist-5k": 784, "mnist": 784, "fashion-mnist": 784, "digits": 
                  "synthetic": 64}
 
 # What `--data.augment auto` (the default) means for each dataset; the rest get none.
-# One-pixel shifts, chosen on the proxy split (README, "Augmentation"); fashion-mnist
-# follows mnist unmeasured. digits (8x8) and synthetic (not images) are not shifted.
+# One-pixel shifts, chosen on the proxy split (README, "The default, and how it was
+# chosen"); fashion-mnist follows mnist unmeasured. digits (8x8) and synthetic (not
+# images) are not shifted.
 AUTO_AUGMENT = {"mnist-5k": "shift:1", "mnist": "shift:1", "fashion-mnist": "shift:1"}
-
 
 
 def resolve_augment(spec: str, dataset: str) -> str:

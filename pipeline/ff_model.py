@@ -16,14 +16,7 @@ import torch.nn as nn
 
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
-from pipeline.ff import (
-    FFLayer,
-    LinearHead,
-    head_features,
-    label_scores,
-    normalize,
-    overlay,
-)
+from pipeline.ff import FFLayer, LinearHead, head_features, label_scores, normalize, overlay
 from pipeline.precision import DTYPES
 
 CHUNK = 1000  # images per forward pass (label_scores' own chunk), bounding memory

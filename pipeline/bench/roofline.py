@@ -242,7 +242,8 @@ def print_report(cfg: RunConfig, rows: list[dict], gemm: dict, dtypes: list[str]
         cells = [_sig(flops / gemm[(k, d)] / 1e9 if gemm.get((k, d)) else None, 8)
                  for d in dtypes]
         print("  " + f"{'layer ' + str(k) if k != 'all' else 'all':10s} {shape:>13s} "
-                     f"{tps if k != 'all' else lockstep_threads(cfg):>7d} " + " ".join(cells), file=stream)
+                     f"{tps if k != 'all' else lockstep_threads(cfg):>7d} " + " ".join(cells),
+              file=stream)
     keys = [*range(K), "all"]
     for d in dtypes:
         if d != "fp32" and all(gemm.get((k, d)) and gemm.get((k, "fp32")) for k in keys):
