@@ -48,8 +48,9 @@ class RunConfig:
     def thresholds(self) -> list[float]:
         if self.model.threshold:
             return list(self.model.threshold)
+        scale = self.model.threshold_scale
         widths = self.model.layers[1:]
-        return [float(w) if self.model.goodness == "sum" else 1.0 for w in widths]
+        return [scale * (w if self.model.goodness == "sum" else 1.0) for w in widths]
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "out"}
@@ -221,6 +222,9 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"with N >= 1 pixels, e.g. shift:2")
     if m.label_strength == 0:
         raise ConfigError("model.label_strength: must be > 0 (the label is the signal)")
+    if m.threshold_scale == 0 and not m.threshold:
+        raise ConfigError("model.threshold_scale: must be > 0 (theta 0 calls every activity "
+                          "positive); e.g. 0.5")
     return cfg
 
 

@@ -41,8 +41,12 @@ class ModelConfig:
     normalization: str = opt("rms", "layer-input normalization", choices=("rms", "length", "none"))
     goodness: str = opt("sum", "goodness of a layer's activity", choices=("sum", "mean"))
     threshold: list[float] = opt(
-        [], "per-layer goodness threshold theta; empty = the layer's width (sum) or 1.0 (mean)"
+        [], "per-layer goodness threshold theta; empty = threshold_scale x the layer's width "
+            "(sum goodness) or threshold_scale (mean)"
     )
+    threshold_scale: float = opt(1.0, "theta of layers without an explicit --model.threshold, "
+                                      "per unit: theta = scale x width (sum), scale (mean); "
+                                      "Hinton's is 1", lo=0.0)
     label_strength: float = opt(1.0, "value written at the label's position of the overlay", lo=0.0)
     skip_layers: int = opt(1, "first N layers left out of goodness inference (paper: 1)", lo=0)
     head: bool = opt(False, "also train a linear softmax head on normalized activities")

@@ -72,11 +72,47 @@ def check_writable(out: Path) -> None:
                           f"write to")
 
 
+# Settings that define what a run computes: a resume must keep them, or the continued run
+# silently trains something else (another lr, threshold or schedule length from the step
+# it resumes at). How the processes run, log and talk may change between the two halves.
+TRAINING_SECTIONS = ("data", "model", "train")
+MAY_CHANGE = {"data.data_dir", "train.threads", "train.device", "train.log_every",
+              "train.eval_every"}
+PIPELINE_TRAINING = {"pipeline.queue_policy", "pipeline.replay", "pipeline.max_staleness",
+                     "pipeline.wire_dtype"}
+# What a run recorded before a key existed trained with (the key's value at the time).
+BEFORE_KEY = {"data.augment": "none", "model.threshold_scale": 1.0}
+
+
+def _leaves(table: dict, prefix: str = ""):
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def training_changes(recorded: dict, cfg: RunConfig) -> list[str]:
+    """'key: recorded -> now' for every training setting the resumed config changes."""
+    old = dict(_leaves(recorded))
+    changes = []
+    for key, now in _leaves(json.loads(json.dumps(to_dict(cfg)))):
+        if key in MAY_CHANGE or not (key.split(".")[0] in TRAINING_SECTIONS
+                                     or key in PIPELINE_TRAINING):
+            continue
+        before = old.get(key, BEFORE_KEY.get(key, now))  # older file, unknown key: no claim
+        if before != now:
+            changes.append(f"{key}: {before!r} -> {now!r}")
+    return changes
+
+
 def check_checkpoints(cfg: RunConfig, out: Path) -> None:
-    """The checkpoints in `out` belong to a model with exactly these layers. A stage may
-    have none yet (killed before its first), so the layer count is the recorded run's."""
+    """The checkpoints in `out` belong to a model with exactly these layers, trained with
+    these settings. A stage may have none yet (killed before its first), so the layer
+    count is the recorded run's."""
     K, w = cfg.n_layers, cfg.model.layers
-    model = (recorded_config(out / "config.json") or {}).get("model")
+    table = recorded_config(out / "config.json") or {}
+    model = table.get("model")
     recorded = model.get("layers") if isinstance(model, dict) else None
     if recorded and recorded != w:
         raise ConfigError(f"--resume: {out} holds a run of --layers "
@@ -95,6 +131,12 @@ def check_checkpoints(cfg: RunConfig, out: Path) -> None:
             raise ConfigError(f"--resume: ckpt/stage{k}.pt is a {shape[0]}x{shape[1]} layer, "
                               f"--layers asks for {w[k]}x{w[k + 1]}; resume with the run's "
                               f"own --layers, or use another --out")
+    changes = training_changes(table, cfg) if table else []
+    if changes:
+        raise ConfigError(f"--resume: {out} was trained with other settings "
+                          f"({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}); "
+                          f"resume with the run's own: --config {out}/config.json --resume, "
+                          f"or use another --out")
 
 
 def claim(cfg: RunConfig) -> None:

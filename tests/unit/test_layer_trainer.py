@@ -22,7 +22,8 @@ def sgd_config(*extra):
     return load_config(None, [("model.layers", "4,3,2"), ("train.optimizer", "sgd"),
                               ("train.momentum", "0"), ("train.lr", str(LR)),
                               ("train.lr_schedule", "constant"),
-                              ("train.precision", "fp32"), *extra])  # exact float32 maths
+                              ("train.precision", "fp32"),  # exact float32 maths
+                              ("model.threshold_scale", "1"), *extra])  # theta = width
 
 
 def batch(seed: int, n: int = 5, d: int = 4):
@@ -58,8 +59,20 @@ def test_threshold_defaults_to_each_layers_width_for_sum_goodness():
     assert LayerTrainer(1, cfg).theta == 2.0
 
 
+def test_threshold_scale_multiplies_the_width_or_the_mean_goodness_threshold():
+    cfg = sgd_config(("model.threshold_scale", "0.25"))
+    assert cfg.thresholds() == [0.75, 0.5]
+    assert LayerTrainer(1, cfg).theta == 0.5
+    mean = sgd_config(("model.goodness", "mean"), ("model.threshold_scale", "0.5"))
+    assert mean.thresholds() == [0.5, 0.5]
+    with pytest.raises(ConfigError, match="threshold_scale"):
+        sgd_config(("model.threshold_scale", "0"))
+
+
 def test_threshold_is_one_for_mean_goodness_and_explicit_values_win():
     assert sgd_config(("model.goodness", "mean")).thresholds() == [1.0, 1.0]
+    assert sgd_config(("model.threshold", "5,7.5"),
+                      ("model.threshold_scale", "0")).thresholds() == [5.0, 7.5]
     cfg = sgd_config(("model.threshold", "5,7.5"))
     assert LayerTrainer(0, cfg).theta == 5.0
     assert LayerTrainer(1, cfg).theta == 7.5

@@ -73,6 +73,38 @@ def test_resume_accepts_a_stage_without_a_checkpoint_when_the_recorded_run_has_i
     assert cfg.pipeline.resuming
 
 
+def test_resume_refuses_other_training_settings_and_names_each_change(tmp_path):
+    out = tmp_path / "run"
+    write_run_config(cfg_for(out, ("train.lr", "0.001")))
+    stage_ckpt(out, 0)
+    with pytest.raises(ConfigError) as err:
+        claim(cfg_for(out, ("pipeline.resume", "true"), ("train.lr", "0.002"),
+                      ("model.threshold_scale", "0.5"), ("pipeline.wire_dtype", "bfloat16")))
+    msg = str(err.value)
+    for change in ("train.lr: 0.001 -> 0.002", "model.threshold_scale",
+                   "pipeline.wire_dtype: 'float32' -> 'bfloat16'",
+                   f"--config {out}/config.json --resume"):
+        assert change in msg, msg
+    # how the processes run and log may change: the same run goes on
+    cfg = cfg_for(out, ("pipeline.resume", "true"), ("train.lr", "0.001"),
+                  ("pipeline.threads_per_stage", "2"), ("train.eval_every", "7"),
+                  ("pipeline.transport", "zmq"))
+    claim(cfg)
+    assert cfg.pipeline.resuming
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_only_with_its_old_value(tmp_path):
+    out = tmp_path / "run"
+    write_run_config(cfg_for(out, ("model.threshold_scale", "1")))
+    table = json.loads((out / "config.json").read_text())
+    del table["model"]["threshold_scale"]  # as a file written before the key existed
+    (out / "config.json").write_text(json.dumps(table))
+    stage_ckpt(out, 0)
+    with pytest.raises(ConfigError, match="model.threshold_scale: 1.0 -> 0.5"):
+        claim(cfg_for(out, ("pipeline.resume", "true"), ("model.threshold_scale", "0.5")))
+    claim(cfg_for(out, ("pipeline.resume", "true"), ("model.threshold_scale", "1")))
+
+
 def test_config_and_summary_record_where_the_run_came_from(tmp_path):
     cfg = cfg_for(tmp_path / "run")
     write_run_config(cfg)
