@@ -44,7 +44,7 @@ class ModelConfig:
         [], "per-layer goodness threshold theta; empty = threshold_scale x the layer's width "
             "(sum goodness) or threshold_scale (mean)"
     )
-    threshold_scale: float = opt(0.5, "theta of layers without an explicit --model.threshold, "
+    threshold_scale: float = opt(1.0, "theta of layers without an explicit --model.threshold, "
                                       "per unit: theta = scale x width (sum), scale (mean); "
                                       "Hinton's is 1", lo=0.0)
     label_strength: float = opt(1.0, "value written at the label's position of the overlay", lo=0.0)
