@@ -78,6 +78,7 @@ def check_writable(out: Path) -> None:
 TRAINING_SECTIONS = ("data", "model", "train")
 MAY_CHANGE = {"data.data_dir", "train.threads", "train.device", "train.log_every",
               "train.eval_every"}
+BUDGET = "train.epochs"  # may change (extend or cut a run), said in a warning line
 PIPELINE_TRAINING = {"pipeline.queue_policy", "pipeline.replay", "pipeline.max_staleness",
                      "pipeline.wire_dtype"}
 # What a run recorded before a key existed trained with (the key's value at the time).
@@ -132,6 +133,11 @@ def check_checkpoints(cfg: RunConfig, out: Path) -> None:
                               f"--layers asks for {w[k]}x{w[k + 1]}; resume with the run's "
                               f"own --layers, or use another --out")
     changes = training_changes(table, cfg) if table else []
+    budget = [c for c in changes if c.startswith(BUDGET + ":")]
+    changes = [c for c in changes if c not in budget]
+    if budget and not changes:
+        log.warning("--resume: %s: the run now ends there, and the learning-rate schedule "
+                    "follows the new length from the step it resumes at", budget[0])
     if changes:
         raise ConfigError(f"--resume: {out} was trained with other settings "
                           f"({'; '.join(changes[:4])}{'; ...' if len(changes) > 4 else ''}); "

@@ -64,6 +64,13 @@ def prepared_folders(base):
     (code_ckpt / "ckpt").mkdir(parents=True)
     torch.save({"trainer": OpensAFile(str(code_ckpt / "ran")), "samples": 5,
                 "source_step": 0}, code_ckpt / "ckpt" / "stage0.pt")
+    # the same model trained with another learning rate: resuming would mix two configs
+    other_lr = base / "other_lr"
+    (other_lr / "ckpt").mkdir(parents=True)
+    (other_lr / "config.json").write_text(
+        '{"data": {"augment": "auto"}, "model": {"layers": [64, 12]}, "train": {"lr": 0.001}}')
+    torch.save({"trainer": {"shape": [64, 12]}, "samples": 5, "source_step": 0},
+               other_lr / "ckpt" / "stage0.pt")
     (base / "a_file").write_text("not a folder")
     (base / "empty").mkdir()
     return finished, other_model, more_layers, fewer_layers, code_ckpt
@@ -108,6 +115,8 @@ def runs(tmp_path_factory):
         "resume_fewer_layers": ["train", "--dataset", "synthetic", "--layers", "64,12,12",
                                 "--out", str(fewer_layers), "--resume"],
         "resume_code": ["train", *synth, "--out", str(code_ckpt), "--resume"],
+        "resume_settings": ["train", *synth, "--lr", "0.01", "--out", str(base / "other_lr"),
+                            "--resume"],
         "resume_lockstep": ["train", *synth, "--schedule", "lockstep", "--out", str(finished),
                             "--resume"],
         "port_in_use": ["train", *synth, "--transport", "zmq",
@@ -175,6 +184,7 @@ def one_line_error(runs, name) -> str:
     ("resume_layers", ["stage1.pt", "more layers"]),
     ("resume_fewer_layers", ["64,12", "64,12,12"]),
     ("resume_code", ["stage0.pt", "cannot load"]),  # never unpickled: nothing ran
+    ("resume_settings", ["train.lr: 0.001 -> 0.01", "other_lr/config.json --resume"]),
     ("resume_lockstep", ["lockstep", "does not resume"]),
     ("port_in_use", ["in use", "stage 0"]),
     ("board_in_use", ["in use", "version board"]),

@@ -4,6 +4,7 @@ through the real CLI, are in test_cli_errors.py; here are the runs that go ahead
 one refusal that test cannot set up when it runs as root (a folder it may not write)."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -73,9 +74,9 @@ def test_resume_accepts_a_stage_without_a_checkpoint_when_the_recorded_run_has_i
     assert cfg.pipeline.resuming
 
 
-def test_resume_refuses_other_training_settings_and_names_each_change(tmp_path):
+def test_resume_refuses_other_training_settings_and_names_each_change(tmp_path, caplog):
     out = tmp_path / "run"
-    write_run_config(cfg_for(out, ("train.lr", "0.001")))
+    write_run_config(cfg_for(out, ("train.lr", "0.001"), ("train.epochs", "100")))
     stage_ckpt(out, 0)
     with pytest.raises(ConfigError) as err:
         claim(cfg_for(out, ("pipeline.resume", "true"), ("train.lr", "0.002"),
@@ -85,12 +86,14 @@ def test_resume_refuses_other_training_settings_and_names_each_change(tmp_path):
                    "pipeline.wire_dtype: 'float32' -> 'bfloat16'",
                    f"--config {out}/config.json --resume"):
         assert change in msg, msg
-    # how the processes run and log may change: the same run goes on
+    # how the processes run and log may change, and the budget (with a warning line)
     cfg = cfg_for(out, ("pipeline.resume", "true"), ("train.lr", "0.001"),
                   ("pipeline.threads_per_stage", "2"), ("train.eval_every", "7"),
-                  ("pipeline.transport", "zmq"))
-    claim(cfg)
+                  ("pipeline.transport", "zmq"), ("train.epochs", "7"))
+    with caplog.at_level(logging.WARNING):
+        claim(cfg)
     assert cfg.pipeline.resuming
+    assert "train.epochs: 100 -> 7" in caplog.text
 
 
 def test_a_run_recorded_before_a_setting_existed_resumes_only_with_its_old_value(tmp_path):
