@@ -36,6 +36,7 @@ class StepGrads:
     grad_w: torch.Tensor         # [d_out, d_in] float32
     grad_b: torch.Tensor         # [d_out] float32
     peer_mean: torch.Tensor | None  # the new running mean of h_pos (peer normalization)
+    grad_w_bound: torch.Tensor   # scalar >= every |grad_w| entry: 2B max|dL/dpre| max|x|
 
 
 @torch.no_grad()
@@ -78,4 +79,8 @@ def layer_step_grads(weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor
         d_peer = (2.0 * peer_lambda * 0.1 / B * grad_scale) * spread
         d_pre[:B] += (h[:B] > 0) * d_peer
     grad_w = (d_pre.to(dt).t() @ xc).float()
-    return StepGrads(value, g_pos, g_neg, h, grad_w, d_pre.sum(dim=0), new_peer)
+    # Each entry of grad_w sums 2B products of one d_pre and one x entry; the factor 2
+    # covers the rounding of both to the compute dtype.
+    bound = 2.0 * len(x) * d_pre.abs().amax() * xc.abs().amax().float() if len(x) else \
+        torch.zeros(())
+    return StepGrads(value, g_pos, g_neg, h, grad_w, d_pre.sum(dim=0), new_peer, bound)

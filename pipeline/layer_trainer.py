@@ -73,6 +73,22 @@ def _sum_sq_finite(tensors: list[torch.Tensor]) -> bool:
     return bool(torch.isfinite(sq).all())
 
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
+WEIGHT_CHECK_EVERY = 32  # steps between the (redundant, bug-catching) weight checks
+
+
+@torch.no_grad()
+def _grads_finite(s: StepGrads) -> bool:
+    """`_sum_sq_finite` of both gradients, mostly without reading grad_w: if the bound on
+    its entries keeps their summed squares finite, the exact sum is finite too, and only
+    the small bias gradient is summed (a 1000x1000 layer: ~30x less memory read); past the
+    bound, the exact check decides."""
+    bound, b_sq = torch.stack([s.grad_w_bound.float(), torch.dot(s.grad_b, s.grad_b)]).tolist()
+    if math.isfinite(b_sq) and bound * bound * s.grad_w.numel() < FLOAT32_MAX:
+        return True
+    return _sum_sq_finite([s.grad_w, s.grad_b])
+
+
 @torch.no_grad()
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
     """No NaN or Inf in any tensor (min and max propagate NaN): exact, one host sync."""
@@ -147,7 +163,7 @@ class LayerTrainer:
         if not math.isfinite(loss_value):
             return False
         grads = [s.grad_w, s.grad_b]
-        if not _sum_sq_finite(grads):
+        if not _grads_finite(s):
             self._rescale(overflow=True)
             return False
         if self.loss_scale != 1.0:
@@ -157,8 +173,8 @@ class LayerTrainer:
         self.opt.step()
         # Finite weights and gradients with finite squares give finite weights (Adam's
         # update is at most a few lr; SGD's a bounded multiple of the gradients): the
-        # check below verifies it, it never has anything to repair.
-        if not _all_finite([lin.weight, lin.bias]):
+        # check below verifies it every few steps, it never has anything to repair.
+        if self.version % WEIGHT_CHECK_EVERY == 0 and not _all_finite([lin.weight, lin.bias]):
             raise FloatingPointError(
                 f"layer {self.index}: non-finite weights after a step with finite loss and "
                 f"gradients (lr {self.opt.param_groups[0]['lr']}); this is a bug")

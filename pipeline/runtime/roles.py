@@ -40,8 +40,12 @@ def stage_device(cfg: RunConfig, index: int) -> str:
 def setup_process(threads: int, device: str = "cpu") -> None:
     """What a training process sets before it allocates: every process that trains a
     layer reuses its step's buffers (see `allocator`), runs `threads` torch threads, and
-    makes its CUDA device current."""
+    makes its CUDA device current, and flushes denormal floats to zero on the CPU: Adam's
+    moments of a weight whose gradient stays zero (a dead unit, an always-blank border
+    pixel) decay into the denormal range, where the CPU computes ~3x slower (a 1000x1000
+    bf16 step on one thread: 14 ms instead of 5); values below 1e-38 change nothing else."""
     keep_freed_memory()
+    torch.set_flush_denormal(True)
     torch.set_num_threads(threads)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device).index or 0)  # "cuda" means cuda:0
