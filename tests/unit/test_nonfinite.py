@@ -166,3 +166,18 @@ def test_a_step_with_overflowing_loss_or_gradients_is_not_taken(optimizer, scale
 
     tr.train_step(torch.rand(5, D), torch.rand(5, D), 0.2)  # and training goes on
     assert tr.version == 2 and tr.skipped_steps == 1 and weights_finite(tr)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e6, 1e9, 1e12, 1e17, 1e19, 1e25])
+def test_the_bound_on_the_weight_gradient_decides_as_the_exact_check_does(scale):
+    """The cheap check trusts a bound on grad_w's entries only while it proves the summed
+    squares finite; otherwise it defers to the exact sum. So both agree at every scale,
+    including those (1e12..1e17 here) where the bound is too loose to decide."""
+    from pipeline.ff_grad import layer_step_grads
+    from pipeline.layer_trainer import _grads_finite, _sum_sq_finite
+    torch.manual_seed(0)
+    w, b = torch.randn(6, D) * scale, torch.zeros(6)
+    s = layer_step_grads(w, b, torch.rand(5, D), torch.rand(5, D), normalization="rms",
+                         compute_dtype=None, goodness="sum", loss="ff", theta=6.0, alpha=1.0)
+    assert float(s.grad_w.abs().max()) <= float(s.grad_w_bound)
+    assert _grads_finite(s) == _sum_sq_finite([s.grad_w, s.grad_b])
