@@ -1,4 +1,4 @@
-"""`ffpipe bench pipeline|transport|drift|accuracy|roofline|scaling|startup`: benchmarks
+"""`ffpipe bench pipeline|transport|drift|accuracy|roofline|scaling|startup|compile`: benchmarks
 that print numbers.
 
 Speed targets live here, never in timed unit tests: every figure is a median over
@@ -8,6 +8,7 @@ repetitions, next to a baseline measured in the same run.
 from __future__ import annotations
 
 from pipeline.bench.accuracy_bench import run_accuracy_bench
+from pipeline.bench.compile_bench import run_compile_bench
 from pipeline.bench.pipeline_bench import run_drift_bench, run_pipeline_bench
 from pipeline.bench.roofline import run_roofline_bench
 from pipeline.bench.scaling import run_scaling_bench
@@ -58,17 +59,18 @@ def bench_main(argv: list[str]) -> int:
                "(not for transport).\n\nexamples:\n  ffpipe bench roofline --reps 3\n"
                "  ffpipe bench accuracy --dataset mnist --data-dir DIR --seeds 0,1,2")
     p.add_argument("what", choices=["pipeline", "transport", "drift", "accuracy",
-                                     "roofline", "scaling", "startup"],
+                                     "roofline", "scaling", "startup", "compile"],
                    help="which benchmark: pipeline (pipelined vs stages alone vs lockstep), "
                         "transport (GB/s per hop), drift (probe overhead), accuracy (time to "
                         "accuracy targets), roofline (FLOP/s vs GEMM-only), scaling (stages x "
-                        "widths x batches), startup (where start-up goes)")
+                        "widths x batches), startup (where start-up goes), compile (does "
+                        "torch.compile of the step pay back its compile time)")
     p.add_argument("--steps", type=int, default=None, help="train steps per measurement "
                    "(default: pipeline and drift 200; roofline and scaling: at least 100 and "
                    "50 steps in each pipelined run)")
     p.add_argument("--reps", type=int, default=3, help="repetitions (medians reported)")
     p.add_argument("--seconds", type=float, default=1.0, help="transport: seconds per "
-                   "round; roofline, scaling: seconds per timed in-process measurement")
+                   "round; roofline, scaling, compile: seconds per timed in-process measurement")
     p.add_argument("--precisions", default="", help="roofline: train.precision values "
                    "measured besides the config's (default: fp32,bf16, and fp16 on CUDA)")
     p.add_argument("--stages", default="1,2,3,4", help="scaling: numbers of stages")
@@ -106,6 +108,9 @@ def bench_main(argv: list[str]) -> int:
     if a.what == "roofline":
         run_roofline_bench(cfg, len(ds.x_train), a.steps or 100, a.reps, a.seconds,
                            parse_precisions(a.precisions))
+        return 0
+    if a.what == "compile":
+        run_compile_bench(cfg, len(ds.x_train), a.reps, a.seconds)
         return 0
     if a.what == "scaling":
         run_scaling_bench(cfg, ds.input_dim, len(ds.x_train),
