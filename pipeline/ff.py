@@ -18,6 +18,15 @@ import torch.nn.functional as F
 EPS = 1e-8
 
 
+def row_scale(norms: torch.Tensor, width: int, mode: str) -> torch.Tensor:
+    """What `normalize` divides each row by, from the rows' Euclidean norms."""
+    if mode == "rms":
+        return norms * width ** -0.5 + EPS
+    if mode == "length":
+        return norms + EPS
+    raise ValueError(f"unknown normalization {mode!r}")
+
+
 def normalize(x: torch.Tensor, mode: str = "rms") -> torch.Tensor:
     """Remove each row's scale so only its direction passes to the next layer.
 
@@ -27,15 +36,21 @@ def normalize(x: torch.Tensor, mode: str = "rms") -> torch.Tensor:
 
     Always in float32 (a no-op for float32 input): a layer computed in bfloat16 or a
     bfloat16 hop hands over its activities, and their statistics need the precision.
+    The row norms come from one fused reduction (`vector_norm`), not a squared copy.
     """
     x = x.float()
-    if mode == "rms":
-        return x / (x.pow(2).mean(dim=-1, keepdim=True).sqrt() + EPS)
-    if mode == "length":
-        return x / (x.norm(dim=-1, keepdim=True) + EPS)
     if mode == "none":
         return x
-    raise ValueError(f"unknown normalization {mode!r}")
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x / row_scale(norms, x.shape[-1], mode)
+
+
+def normalize_known(x: torch.Tensor, norms: torch.Tensor, mode: str = "rms") -> torch.Tensor:
+    """`normalize(x, mode)` for float32 rows whose norms the caller already has (the train
+    step has them from the goodness): one pass over `x`."""
+    if mode == "none":
+        return x.float()
+    return x.float() / row_scale(norms.unsqueeze(-1), x.shape[-1], mode)
 
 
 def goodness(h: torch.Tensor, kind: str = "sum") -> torch.Tensor:

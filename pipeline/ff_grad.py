@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.ff import ff_loss, normalize, symba_loss
+from pipeline.ff import ff_loss, row_scale, symba_loss
 
 
 @dataclass
@@ -33,10 +33,37 @@ class StepGrads:
     g_pos: torch.Tensor          # [B] goodness of the positive rows, float32
     g_neg: torch.Tensor          # [B]
     h: torch.Tensor              # [2B, d_out] activities of [pos; neg], float32
+    norms: torch.Tensor          # [2B] each row's Euclidean norm (what `normalize` needs)
     grad_w: torch.Tensor         # [d_out, d_in] float32
     grad_b: torch.Tensor         # [d_out] float32
     peer_mean: torch.Tensor | None  # the new running mean of h_pos (peer normalization)
-    grad_w_bound: torch.Tensor   # scalar >= every |grad_w| entry: 2B max|dL/dpre| max|x|
+    grad_w_bound: torch.Tensor   # scalar >= every |grad_w| entry
+
+
+def normalized_pair(pos: torch.Tensor, neg: torch.Tensor, mode: str,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """`normalize(cat([pos, neg]), mode).to(dtype)`, each half divided straight into one
+    buffer: no concatenated copy, no separate cast."""
+    n = len(pos)
+    out = torch.empty((2 * n, pos.shape[1]), dtype=dtype, device=pos.device)
+    for i, part in enumerate((pos.float(), neg.float())):
+        dst = out[i * n:(i + 1) * n]
+        if mode == "none":
+            dst.copy_(part)
+        else:
+            norms = torch.linalg.vector_norm(part, dim=1, keepdim=True)
+            torch.div(part, row_scale(norms, part.shape[1], mode), out=dst)
+    return out
+
+
+def input_bound(x: torch.Tensor, mode: str) -> torch.Tensor | float:
+    """An upper bound on |x| for rows normalized by `mode`: an rms-normalized row has
+    sum of squares = width, a length-normalized one 1; unnormalized rows are searched."""
+    if mode == "rms":
+        return x.shape[1] ** 0.5
+    if mode == "length":
+        return 1.0
+    return x.abs().amax().float() if x.numel() else 0.0
 
 
 @torch.no_grad()
@@ -50,12 +77,12 @@ def layer_step_grads(weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor
     `compute_dtype` (None = float32) is the precision of the two products; `grad_scale`
     multiplies the gradients (a float16 loss scale), not the returned loss."""
     B = len(pos)
-    x = normalize(torch.cat([pos, neg]), normalization)
     dt = compute_dtype or torch.float32
-    xc = x.to(dt)
+    xc = normalized_pair(pos, neg, normalization, dt)
     pre = torch.addmm(bias.to(dt), xc, weight.to(dt).t())
     h = pre.relu_().float()
-    g = h.square().sum(dim=1)
+    norms = torch.linalg.vector_norm(h, dim=1)
+    g = norms.square()
     if goodness == "mean":
         g = g / h.shape[1]
     g_pos, g_neg = g[:B], g[B:]
@@ -67,8 +94,9 @@ def layer_step_grads(weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor
     else:
         value = ff_loss(g_pos, g_neg, theta)
         dg = torch.cat([-torch.sigmoid(theta - g_pos), torch.sigmoid(g_neg - theta)]) / B
-    scale = 2.0 * grad_scale / (h.shape[1] if goodness == "mean" else 1.0)
-    d_pre = h * (dg * scale).unsqueeze(1)
+    # dL/dpre[i, j] = coef[i] * h[i, j] (plus the peer term): |dL/dpre| <= |coef| ||h_i||
+    coef = dg * (2.0 * grad_scale / (h.shape[1] if goodness == "mean" else 1.0))
+    d_bound = (coef.abs() * norms).amax()
     new_peer = None
     if peer_lambda > 0:
         # term = sum_j (m_j - mean(m))^2, m = 0.9 m_old + 0.1 mean_i h_pos[i] (mean(m)
@@ -77,10 +105,19 @@ def layer_step_grads(weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor
         spread = new_peer - new_peer.mean()
         value = value + peer_lambda * spread.square().sum()
         d_peer = (2.0 * peer_lambda * 0.1 / B * grad_scale) * spread
+        d_pre = h * coef.unsqueeze(1)
         d_pre[:B] += (h[:B] > 0) * d_peer
-    grad_w = (d_pre.to(dt).t() @ xc).float()
+        grad_b, d_low = d_pre.sum(dim=0), d_pre.to(dt)
+        d_bound = d_bound + d_peer.abs().amax()
+    else:
+        # The column sums of coef[i] h[i, j] are one matrix-vector product (memory-bound,
+        # not one of the step's GEMMs); the products are written straight in the compute
+        # dtype (one pass, no float32 copy).
+        grad_b = torch.mv(h.t(), coef)
+        d_low = torch.mul(h, coef.unsqueeze(1), out=torch.empty(h.shape, dtype=dt,
+                                                                  device=h.device))
+    grad_w = (d_low.t() @ xc).float()
     # Each entry of grad_w sums 2B products of one d_pre and one x entry; the factor 2
     # covers the rounding of both to the compute dtype.
-    bound = 2.0 * len(x) * d_pre.abs().amax() * xc.abs().amax().float() if len(x) else \
-        torch.zeros(())
-    return StepGrads(value, g_pos, g_neg, h, grad_w, d_pre.sum(dim=0), new_peer, bound)
+    bound = 2.0 * len(xc) * d_bound * input_bound(xc, normalization)
+    return StepGrads(value, g_pos, g_neg, h, norms, grad_w, grad_b, new_peer, bound)

@@ -15,7 +15,7 @@ import torch
 from pipeline import precision
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
-from pipeline.ff import FFLayer, goodness, normalize
+from pipeline.ff import FFLayer, goodness, normalize, normalize_known
 from pipeline.ff_grad import StepGrads, layer_step_grads
 from pipeline.optimizers import SGD, Adam
 
@@ -152,7 +152,7 @@ class LayerTrainer:
         stats = {"loss": loss_value, "g_pos": s.g_pos.mean().item(),
                  "g_neg": s.g_neg.mean().item()}
         B = len(pos)
-        return self.output(s.h[:B]), self.output(s.h[B:]), stats
+        return self.output(s.h[:B], s.norms[:B]), self.output(s.h[B:], s.norms[B:]), stats
 
     def _step_if_finite(self, s: StepGrads, loss_value: float) -> bool:
         """The optimizer step on `s`'s gradients unless the loss or a gradient is
@@ -195,11 +195,14 @@ class LayerTrainer:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
 
-    def output(self, h: torch.Tensor) -> torch.Tensor:
+    def output(self, h: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
         """What this layer sends on: its activity, normalized, in the wire dtype (`forward`
-        and `train_step` already give detached activities). Every schedule rounds here,
-        so lockstep stays the pipeline's exact twin with a bfloat16 wire too."""
-        return normalize(h, self.cfg.model.normalization).to(self.wire_dtype)
+        and `train_step` already give detached activities; the step also passes the row
+        norms it has from the goodness). Every schedule rounds here, so lockstep stays the
+        pipeline's exact twin with a bfloat16 wire too."""
+        mode = self.cfg.model.normalization
+        out = normalize(h, mode) if norms is None else normalize_known(h, norms, mode)
+        return out.to(self.wire_dtype)
 
     def goodness(self, h: torch.Tensor) -> torch.Tensor:
         return goodness(h, self.cfg.model.goodness)

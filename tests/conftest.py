@@ -144,3 +144,12 @@ def procs():
     p = Procs(uuid.uuid4().hex)
     yield p
     p.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _default_denormals():
+    """`setup_process` (every in-process training run calls it) flushes denormals to zero
+    for the whole process; each test starts from torch's default again."""
+    yield
+    import torch
+    torch.set_flush_denormal(False)

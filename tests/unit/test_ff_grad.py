@@ -51,6 +51,12 @@ def test_gradients_match_autograd(loss, goodness_kind, normalization, peer_lambd
     torch.testing.assert_close(s.loss, ref_loss)
     torch.testing.assert_close(s.grad_w, ref_w, rtol=1e-4, atol=1e-5 * top)
     torch.testing.assert_close(s.grad_b, ref_b, rtol=1e-4, atol=1e-5 * top)
+    # The bound the cheap finite check relies on holds, here and in bfloat16.
+    assert float(s.grad_w.abs().max()) <= float(s.grad_w_bound)
+    low = layer_step_grads(layer.linear.weight, layer.linear.bias, pos, neg,
+                           normalization=normalization, compute_dtype=torch.bfloat16,
+                           goodness=goodness_kind, peer_mean=peer_mean, **kw)
+    assert float(low.grad_w.abs().max()) <= float(low.grad_w_bound)
     if peer_lambda > 0:
         torch.testing.assert_close(s.peer_mean, ref_mean)
     else:

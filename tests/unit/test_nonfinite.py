@@ -179,5 +179,6 @@ def test_the_bound_on_the_weight_gradient_decides_as_the_exact_check_does(scale)
     w, b = torch.randn(6, D) * scale, torch.zeros(6)
     s = layer_step_grads(w, b, torch.rand(5, D), torch.rand(5, D), normalization="rms",
                          compute_dtype=None, goodness="sum", loss="ff", theta=6.0, alpha=1.0)
-    assert float(s.grad_w.abs().max()) <= float(s.grad_w_bound)
+    bound = float(s.grad_w_bound)  # not finite (overflowed norms): the exact check decides
+    assert not math.isfinite(bound) or float(s.grad_w.abs().max()) <= bound
     assert _grads_finite(s) == _sum_sq_finite([s.grad_w, s.grad_b])
