@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import socket
 import sys
 
@@ -25,6 +26,8 @@ from pipeline.runtime.roles import role_name, run_process, stop_on_signals
 from pipeline.transport.zmq_channel import ZmqChannel, endpoint_for
 
 log = logging.getLogger(__name__)
+
+STORE_DIAL_WAIT_S = 5.0  # at the end of a run, for a version-store client still dialling
 
 
 def default_store(net: NetConfig) -> str:
@@ -111,8 +114,19 @@ def serve(role: str, index: int, cfg: RunConfig, restarts: int = 0) -> int:
         dataset = load_checked_dataset(cfg)
         write_run_config(cfg)
     inbox, outbox = zmq_channels(role, index, cfg)
-    run_process(role, index, cfg, inbox, outbox, version_board(role, cfg), should_stop,
+    board = version_board(role, cfg)
+    run_process(role, index, cfg, inbox, outbox, board, should_stop,
                 dataset=dataset, restarts=restarts, feedback=feedback_channel(role, cfg))
+    if isinstance(board, StoreBoard) and not board.close(wait=STORE_DIAL_WAIT_S):
+        # Everything is saved and every channel closed (their contexts terminated, so
+        # what was queued has been sent): leave without the interpreter's shutdown, which
+        # would destroy the half-built TCPStore client under its thread and abort.
+        log.info("%s: version store still being dialled; exiting without it",
+                 role_name(role, index))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -88,8 +88,22 @@ class StoreBoard(StampBoard):
             except Exception as exc:
                 log.warning("version store unreachable (%s); staleness from stamps", exc)
 
-        threading.Thread(target=dial, name="version-store", daemon=True).start()
+        board.dialling = threading.Thread(target=dial, name="version-store", daemon=True)
+        board.dialling.start()
         return board
+
+    def close(self, wait: float) -> bool:
+        """Drop the store client; False if it is still being dialled after `wait` seconds.
+        A TCPStore client that interpreter shutdown destroys in the middle of its
+        constructor (a run shorter than the dial) aborts the process with "terminate
+        called without an active exception": the caller must then leave with os._exit."""
+        dialling = getattr(self, "dialling", None)
+        if dialling is not None:
+            dialling.join(wait)
+            if dialling.is_alive():
+                return False
+        self.store, self.broken = None, True
+        return True
 
     @property
     def exact(self) -> bool:
