@@ -73,7 +73,7 @@ def training_figure(runs: list[RunLogs], unit: str = "epochs", log_loss: bool = 
         ax.set_axis_off()
 
     names = run_names(runs)
-    ax = axes[0]
+    ax, head_drawn = axes[0], False
     for i, run in enumerate(runs):
         f = run.facts
         for key, style in ACCURACY:
@@ -82,8 +82,9 @@ def training_figure(runs: list[RunLogs], unit: str = "epochs", log_loss: bool = 
             if pts:
                 ax.plot(*zip(*pts), color=f"C{i % 10}", linestyle=style, marker="o",
                         markersize=3.5, label=names[i])
-    _panel(ax, runs, unit, "Test accuracy (solid: goodness; dashed: softmax head)",
-           "test accuracy %")
+                head_drawn |= style != "-"
+    _panel(ax, runs, unit, "Test accuracy (solid: goodness; dashed: softmax head)"
+           if head_drawn else "Test accuracy (goodness)", "test accuracy %")
 
     for k in range(n_stages):
         ax = axes[1 + k]
