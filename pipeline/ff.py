@@ -27,7 +27,7 @@ def row_scale(norms: torch.Tensor, width: int, mode: str) -> torch.Tensor:
     raise ValueError(f"unknown normalization {mode!r}")
 
 
-def normalize(x: torch.Tensor, mode: str = "rms") -> torch.Tensor:
+def normalize(x: torch.Tensor, mode: str = "rms", out: torch.Tensor | None = None) -> torch.Tensor:
     """Remove each row's scale so only its direction passes to the next layer.
 
     rms:    x / sqrt(mean(x**2))  -> mean square 1, entries O(1) (Hinton's ffnormrows)
@@ -37,12 +37,13 @@ def normalize(x: torch.Tensor, mode: str = "rms") -> torch.Tensor:
     Always in float32 (a no-op for float32 input): a layer computed in bfloat16 or a
     bfloat16 hop hands over its activities, and their statistics need the precision.
     The row norms come from one fused reduction (`vector_norm`), not a squared copy.
+    `out` (any float dtype) receives the result in the same pass, cast on the way.
     """
     x = x.float()
     if mode == "none":
-        return x
-    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    return x / row_scale(norms, x.shape[-1], mode)
+        return x if out is None else out.copy_(x)
+    scale = row_scale(torch.linalg.vector_norm(x, dim=-1, keepdim=True), x.shape[-1], mode)
+    return torch.div(x, scale, out=out) if out is not None else x / scale
 
 
 def normalize_known(x: torch.Tensor, norms: torch.Tensor, mode: str = "rms") -> torch.Tensor:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.ff import ff_loss, row_scale, symba_loss
+from pipeline.ff import ff_loss, normalize, symba_loss
 
 
 @dataclass
@@ -46,13 +46,8 @@ def normalized_pair(pos: torch.Tensor, neg: torch.Tensor, mode: str,
     buffer: no concatenated copy, no separate cast."""
     n = len(pos)
     out = torch.empty((2 * n, pos.shape[1]), dtype=dtype, device=pos.device)
-    for i, part in enumerate((pos.float(), neg.float())):
-        dst = out[i * n:(i + 1) * n]
-        if mode == "none":
-            dst.copy_(part)
-        else:
-            norms = torch.linalg.vector_norm(part, dim=1, keepdim=True)
-            torch.div(part, row_scale(norms, part.shape[1], mode), out=dst)
+    normalize(pos, mode, out=out[:n])
+    normalize(neg, mode, out=out[n:])
     return out
 
 

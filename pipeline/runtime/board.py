@@ -74,6 +74,7 @@ class StoreBoard(StampBoard):
         self.cache: dict[int, int] = {}
         self.calls = 0
         self.broken = store is None  # not connected (yet): stamps only
+        self.dialling: threading.Thread | None = None  # connect_later's thread
 
     @classmethod
     def connect_later(cls, connect, every: int = 10) -> "StoreBoard":
@@ -97,10 +98,9 @@ class StoreBoard(StampBoard):
         A TCPStore client that interpreter shutdown destroys in the middle of its
         constructor (a run shorter than the dial) aborts the process with "terminate
         called without an active exception": the caller must then leave with os._exit."""
-        dialling = getattr(self, "dialling", None)
-        if dialling is not None:
-            dialling.join(wait)
-            if dialling.is_alive():
+        if self.dialling is not None:
+            self.dialling.join(wait)
+            if self.dialling.is_alive():
                 return False
         self.store, self.broken = None, True
         return True
