@@ -55,7 +55,7 @@ class ModelConfig:
 @dataclass(kw_only=True, slots=True)
 class TrainConfig:
     schedule: str = opt("pipelined", "how the layers are trained", choices=SCHEDULES)
-    epochs: int = opt(100, "passes over the training set (per layer for sequential)", lo=1)
+    epochs: int = opt(200, "passes over the training set (per layer for sequential)", lo=1)
     batch_size: int = opt(100, "positive samples per step (plus as many negatives)", lo=1)
     optimizer: str = opt("adam", "per-layer optimizer", choices=("adam", "sgd"))
     lr: float = opt(1e-3, "learning rate of the FF layers (and backprop)", lo=0.0)
@@ -71,6 +71,9 @@ class TrainConfig:
     hard_refresh_epochs: int = opt(1, "hard negatives, pipelined: epochs over which the source "
                                       "re-scores the whole training set", lo=1)
     peer_lambda: float = opt(0.0, "peer-normalization strength (0 = off)", lo=0.0)
+    dropout: float = opt(0.0, "fraction of each FF layer's normalized input zeroed in a "
+                              "train step (inverted dropout, seeded per layer; never at "
+                              "inference; backprop trains without it)", lo=0.0, hi=0.95)
     loss: str = opt("ff", "layer loss: ff = softplus(theta - g_pos) + softplus(g_neg - theta); "
                           "symba = softplus(-alpha * (g_pos - g_neg)) (SymBa, pairwise)",
                     choices=("ff", "symba"))

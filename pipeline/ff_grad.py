@@ -66,14 +66,22 @@ def layer_step_grads(weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor
                      neg: torch.Tensor, *, normalization: str, compute_dtype,
                      goodness: str, loss: str, theta: float, alpha: float,
                      peer_lambda: float = 0.0, peer_mean: torch.Tensor | None = None,
-                     grad_scale: float = 1.0) -> StepGrads:
+                     grad_scale: float = 1.0, dropout: float = 0.0,
+                     generator: torch.Generator | None = None) -> StepGrads:
     """Loss and gradients of one FF layer on the batch (pos, neg), both [B, d_in].
 
     `compute_dtype` (None = float32) is the precision of the two products; `grad_scale`
-    multiplies the gradients (a float16 loss scale), not the returned loss."""
+    multiplies the gradients (a float16 loss scale), not the returned loss. `dropout`
+    zeroes that fraction of the normalized inputs (the others scaled by 1 / (1 - p)),
+    drawn from `generator`: the layer then learns on, and passes on, the dropped input."""
     B = len(pos)
     dt = compute_dtype or torch.float32
     xc = normalized_pair(pos, neg, normalization, dt)
+    keep = 1.0
+    if dropout > 0:
+        keep = 1.0 - dropout
+        mask = torch.empty_like(xc).bernoulli_(keep, generator=generator)
+        xc.mul_(mask.mul_(1.0 / keep))
     pre = torch.addmm(bias.to(dt), xc, weight.to(dt).t())
     h = pre.relu_().float()
     norms = torch.linalg.vector_norm(h, dim=1)
@@ -114,5 +122,5 @@ def layer_step_grads(weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor
     grad_w = (d_low.t() @ xc).float()
     # Each entry of grad_w sums 2B products of one d_pre and one x entry; the factor 2
     # covers the rounding of both to the compute dtype.
-    bound = 2.0 * len(xc) * d_bound * input_bound(xc, normalization)
+    bound = 2.0 * len(xc) * d_bound * input_bound(xc, normalization) / keep
     return StepGrads(value, g_pos, g_neg, h, norms, grad_w, grad_b, new_peer, bound)

@@ -21,6 +21,7 @@ from pipeline.optimizers import SGD, Adam
 
 
 LAYER_INIT = 1  # SeedSequence spawn key of layer initialisation (batches use the entropy)
+LAYER_DROPOUT = 2  # ... and of a layer's dropout masks
 FP16_SCALE = (2.0 ** 12, 2.0 ** 16, 1000)  # fp16 loss scale: start, cap, good steps to double
 
 
@@ -55,11 +56,11 @@ def lr_gain(schedule: str, progress: float) -> float:
     return max(2.0 * (1.0 - progress), 0.01)
 
 
-def layer_seed(seed: int, index: int) -> int:
-    """The seed of layer `index`'s initial weights: a function of the run's seed and the
-    layer alone, so every schedule (and a stage in its own process) starts each layer
-    from the same weights."""
-    return int(np.random.SeedSequence(seed, spawn_key=(LAYER_INIT, index)).generate_state(1)[0])
+def layer_seed(seed: int, index: int, key: int = LAYER_INIT) -> int:
+    """The seed of layer `index`'s initial weights (or, with `key`, of its dropout masks): a
+    function of the run's seed and the layer alone, so every schedule (and a stage in its
+    own process) starts each layer from the same weights and draws the same masks."""
+    return int(np.random.SeedSequence(seed, spawn_key=(key, index)).generate_state(1)[0])
 
 
 @torch.no_grad()
@@ -119,6 +120,8 @@ class LayerTrainer:
         self.version = 0           # number of optimizer steps taken: stamped downstream
         self.skipped_steps = 0     # steps not taken: non-finite loss or gradients
         self.peer_mean = torch.zeros(self.d_out, device=self.device)
+        self.dropout_gen = torch.Generator(device=self.device)
+        self.dropout_gen.manual_seed(layer_seed(cfg.train.seed, index, LAYER_DROPOUT))
 
     def set_progress(self, progress: float) -> None:
         gain = lr_gain(self.cfg.train.lr_schedule, progress)
@@ -141,7 +144,8 @@ class LayerTrainer:
                              goodness=self.cfg.model.goodness, loss=train.loss,
                              theta=self.theta, alpha=self.alpha,
                              peer_lambda=train.peer_lambda, peer_mean=self.peer_mean,
-                             grad_scale=self.loss_scale)
+                             grad_scale=self.loss_scale, dropout=train.dropout,
+                             generator=self.dropout_gen)
         loss_value = s.loss.item()
         if self._step_if_finite(s, loss_value):
             self.version += 1
@@ -210,7 +214,7 @@ class LayerTrainer:
     def state_dict(self) -> dict:
         return {"layer": self.layer.state_dict(), "opt": self.opt.state_dict(),
                 "version": self.version, "peer_mean": self.peer_mean.cpu(),
-                "loss_scale": self.loss_scale,
+                "loss_scale": self.loss_scale, "dropout_rng": self.dropout_gen.get_state(),
                 "index": self.index, "shape": [self.d_in, self.d_out]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -223,3 +227,5 @@ class LayerTrainer:
         self.version = int(state["version"])
         self.peer_mean = state["peer_mean"].to(self.device)
         self.loss_scale = float(state.get("loss_scale", self.loss_scale))
+        if "dropout_rng" in state:
+            self.dropout_gen.set_state(state["dropout_rng"])

@@ -51,7 +51,15 @@ def steady_faults(mode: str) -> int:
 
 
 def test_a_stage_loop_reuses_freed_memory():
-    kept, default = steady_faults("on"), steady_faults("off")
+    kept = steady_faults("on")
     # Without the knob most steps fault a few hundred fresh pages; with it the heap still
     # grows now and then (0-1,100 pages over the 50 steps here, against 6,000-22,000).
-    assert kept * 3 < default, (kept, default)
+    # glibc's own adaptive threshold sometimes happens to settle so that a default run
+    # faults almost nothing too (~1 run in 10, 4 faults): that run shows nothing about the
+    # knob, so the default side gets up to three tries.
+    defaults = []
+    for _ in range(3):
+        defaults.append(steady_faults("off"))
+        if kept * 3 < defaults[-1]:
+            break
+    assert kept * 3 < max(defaults), (kept, defaults)

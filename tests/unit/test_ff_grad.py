@@ -5,7 +5,7 @@ normalization, and with a float16-style gradient scale."""
 import pytest
 import torch
 
-from pipeline.ff import FFLayer, ff_loss, goodness, symba_loss
+from pipeline.ff import FFLayer, ff_loss, goodness, normalize, symba_loss
 from pipeline.ff_grad import layer_step_grads
 
 
@@ -89,3 +89,27 @@ def test_bfloat16_products_stay_close_to_float32():
     # bfloat16 keeps ~3 significant digits: relative error of the gradient a few 1e-3.
     rel = (bf16.grad_w - f32.grad_w).norm() / f32.grad_w.norm()
     assert rel < 2e-2
+
+
+@pytest.mark.parametrize("normalization", ["rms", "none"])
+def test_dropout_gradients_are_those_of_the_masked_input(normalization):
+    """With dropout the step is the textbook step on normalize(x) * mask / (1 - p), the
+    mask drawn from the generator it is given: the same seed, the same mask."""
+    torch.manual_seed(2)
+    d_in, d_out, B, p = 40, 30, 16, 0.25
+    layer = FFLayer(d_in, d_out, normalization)
+    pos, neg = torch.randn(B, d_in), torch.randn(B, d_in)
+    s = layer_step_grads(layer.linear.weight, layer.linear.bias, pos, neg,
+                         normalization=normalization, compute_dtype=None, goodness="sum",
+                         loss="ff", theta=float(d_out), alpha=1.0, dropout=p,
+                         generator=torch.Generator().manual_seed(7))
+    mask = torch.empty(2 * B, d_in).bernoulli_(1 - p, generator=torch.Generator().manual_seed(7))
+    assert 0 < int((mask == 0).sum()) < mask.numel()
+    x = normalize(torch.cat([pos, neg]), normalization) * mask / (1 - p)
+    h = torch.relu(layer.linear(x))
+    ref = ff_loss(goodness(h[:B]), goodness(h[B:]), float(d_out))
+    ref.backward()
+    torch.testing.assert_close(s.loss, ref.detach())
+    torch.testing.assert_close(s.grad_w, layer.linear.weight.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(s.grad_b, layer.linear.bias.grad, rtol=1e-4, atol=1e-6)
+    assert float(s.grad_w.abs().max()) <= float(s.grad_w_bound)
