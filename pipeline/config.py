@@ -185,6 +185,19 @@ def _check_field(key: str, value, meta: dict) -> None:
             raise ConfigError(f"{key}: must be <= {meta['hi']}, got {item!r}")
 
 
+def step_graph_unsupported(train_cfg) -> str | None:
+    """Why a run's layers cannot step through a graph (`pipeline.step_graph`; None: they
+    can): float16's loss scale is a host decision, dropout masks come from a per-layer
+    generator a graph would freeze, and only Adam reads its learning rate on the device."""
+    if train_cfg.precision == "fp16":
+        return "float16 (its loss scale is decided on the host)"
+    if train_cfg.dropout > 0:
+        return "dropout (its masks come from a generator a graph would freeze)"
+    if train_cfg.optimizer != "adam":
+        return f"{train_cfg.optimizer} (only Adam reads its learning rate on the device)"
+    return None
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Convert every field as the command line would (a config built in code: `lr=1` is
     1.0, `lr="fast"` an error), check its own rule, then the rules that tie fields together."""
@@ -213,6 +226,10 @@ def validate(cfg: RunConfig) -> RunConfig:
                                                     dev[5:].isdigit())):
             raise ConfigError(f"{'pipeline.devices' if dev in p.devices else 'train.device'}: "
                               f"device {dev!r} is not valid; use cpu, cuda or cuda:N")
+    if t.step_graph == "on" and t.schedule != "backprop":
+        why = step_graph_unsupported(t)
+        if why:
+            raise ConfigError(f"train.step_graph: 'on' does not work with {why}; use auto or off")
     if not cfg.out:  # a fresh folder per run, as Hydra does: runs never mix by default
         cfg.out = time.strftime("runs/%Y%m%d-%H%M%S", time.gmtime())
     aug = cfg.data.augment

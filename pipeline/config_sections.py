@@ -83,6 +83,10 @@ class TrainConfig:
                                  "goodness and loss stay float32); auto = bf16 where the "
                                  "hardware has fast bf16 matmuls, else fp32",
                          choices=("auto", "fp32", "bf16", "fp16"))
+    step_graph: str = opt("auto", "train step as one replayed graph: auto = CUDA graphs on CUDA "
+                                  "devices (Adam, bf16/fp32, no dropout); on = also elsewhere, "
+                                  "where the same static-buffer step runs eagerly; off = eager",
+                          choices=("auto", "on", "off"))
     head_lr: float = opt(1e-3, "learning rate of the softmax head (Adam)", lo=0.0)
     seed: int = opt(0, "seed for init, batches and negatives", lo=0)
     log_every: int = opt(20, "steps between log records", lo=1)

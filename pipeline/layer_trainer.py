@@ -7,6 +7,7 @@ one process; the pipelined runtime gives each stage process exactly one.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -18,7 +19,10 @@ from pipeline.errors import ConfigError
 from pipeline.ff import FFLayer, goodness, normalize, normalize_known
 from pipeline.ff_grad import StepGrads, layer_step_grads
 from pipeline.optimizers import SGD, Adam
+from pipeline import step_graph
 
+
+log = logging.getLogger(__name__)
 
 LAYER_INIT = 1  # SeedSequence spawn key of layer initialisation (batches use the entropy)
 LAYER_DROPOUT = 2  # ... and of a layer's dropout masks
@@ -122,11 +126,17 @@ class LayerTrainer:
         self.peer_mean = torch.zeros(self.d_out, device=self.device)
         self.dropout_gen = torch.Generator(device=self.device)
         self.dropout_gen.manual_seed(layer_seed(cfg.train.seed, index, LAYER_DROPOUT))
+        self.use_graph = step_graph.wanted(cfg.train, self.device, self.dtype)
+        self.graph: step_graph.StepGraph | None = None  # built at the first full batch
 
     def set_progress(self, progress: float) -> None:
-        gain = lr_gain(self.cfg.train.lr_schedule, progress)
+        lr = self.cfg.train.lr * lr_gain(self.cfg.train.lr_schedule, progress)
         for group in self.opt.param_groups:
-            group["lr"] = self.cfg.train.lr * gain
+            if isinstance(group["lr"], torch.Tensor):  # a step graph's: read on the device
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        return lr
 
     def train_step(self, pos: torch.Tensor, neg: torch.Tensor, progress: float):
         """One optimizer step on (pos, neg); returns normalized detached outputs + stats.
@@ -135,8 +145,22 @@ class LayerTrainer:
         [pos; neg] in the compute dtype, no autograd graph. A step whose loss or gradients
         are not finite (extreme but finite inputs can overflow them) is not taken and is
         counted in `skipped_steps`: parameters, optimizer state, peer mean and version stay
-        as they were; the stats report the loss as computed (nan or inf)."""
-        self.set_progress(progress)
+        as they were; the stats report the loss as computed (nan or inf). With a step
+        graph (`step_graph`, CUDA by default) full batches take the same step as one
+        replayed graph."""
+        lr = self.set_progress(progress)
+        if self.use_graph:
+            if self.graph is None and len(pos) == self.cfg.train.batch_size:
+                self.graph = step_graph.StepGraph(self, pos, neg)
+            if self.graph is not None and self.graph.fits(pos, neg):
+                try:
+                    return self._graph_step(pos, neg, lr)
+                except step_graph.CaptureFailed as e:
+                    log.warning("layer %d: the train step could not be captured as a CUDA "
+                                "graph (%s); it steps eagerly (--train.step_graph off "
+                                "skips the attempt)", self.index, e)
+                    self.graph.release(lr)
+                    self.graph, self.use_graph = None, False
         lin, train = self.layer.linear, self.cfg.train
         s = layer_step_grads(lin.weight, lin.bias, pos, neg,
                              normalization=self.cfg.model.normalization,
@@ -150,13 +174,32 @@ class LayerTrainer:
         if self._step_if_finite(s, loss_value):
             self.version += 1
             if s.peer_mean is not None:
-                self.peer_mean = s.peer_mean
+                self.peer_mean.copy_(s.peer_mean)  # in place: a step graph reads it
         else:
             self.skipped_steps += 1
         stats = {"loss": loss_value, "g_pos": s.g_pos.mean().item(),
                  "g_neg": s.g_neg.mean().item()}
         B = len(pos)
         return self.output(s.h[:B], s.norms[:B]), self.output(s.h[B:], s.norms[B:]), stats
+
+    def _graph_step(self, pos: torch.Tensor, neg: torch.Tensor, lr: float):
+        out_pos, out_neg, stats, taken = self.graph.step(pos, neg, lr)
+        if taken:
+            self._check_weights(lr)
+            self.version += 1
+        else:
+            self.skipped_steps += 1
+        return out_pos, out_neg, stats
+
+    def _check_weights(self, lr) -> None:
+        # Finite weights and gradients with finite squares give finite weights (Adam's
+        # update is at most a few lr; SGD's a bounded multiple of the gradients): the
+        # check below verifies it every few steps, it never has anything to repair.
+        lin = self.layer.linear
+        if self.version % WEIGHT_CHECK_EVERY == 0 and not _all_finite([lin.weight, lin.bias]):
+            raise FloatingPointError(
+                f"layer {self.index}: non-finite weights after a step with finite loss and "
+                f"gradients (lr {float(lr):g}); this is a bug")
 
     def _step_if_finite(self, s: StepGrads, loss_value: float) -> bool:
         """The optimizer step on `s`'s gradients unless the loss or a gradient is
@@ -175,13 +218,7 @@ class LayerTrainer:
             self._rescale(overflow=False)
         lin.weight.grad, lin.bias.grad = grads
         self.opt.step()
-        # Finite weights and gradients with finite squares give finite weights (Adam's
-        # update is at most a few lr; SGD's a bounded multiple of the gradients): the
-        # check below verifies it every few steps, it never has anything to repair.
-        if self.version % WEIGHT_CHECK_EVERY == 0 and not _all_finite([lin.weight, lin.bias]):
-            raise FloatingPointError(
-                f"layer {self.index}: non-finite weights after a step with finite loss and "
-                f"gradients (lr {self.opt.param_groups[0]['lr']}); this is a bug")
+        self._check_weights(self.opt.param_groups[0]["lr"])
         return True
 
     def _rescale(self, overflow: bool) -> None:
@@ -212,7 +249,10 @@ class LayerTrainer:
         return goodness(h, self.cfg.model.goodness)
 
     def state_dict(self) -> dict:
-        return {"layer": self.layer.state_dict(), "opt": self.opt.state_dict(),
+        opt = self.opt.state_dict()
+        for group in opt["param_groups"]:  # as an eager step keeps them (a graph's: tensors)
+            group["lr"], group["capturable"] = float(group["lr"]), False
+        return {"layer": self.layer.state_dict(), "opt": opt,
                 "version": self.version, "peer_mean": self.peer_mean.cpu(),
                 "loss_scale": self.loss_scale, "dropout_rng": self.dropout_gen.get_state(),
                 "index": self.index, "shape": [self.d_in, self.d_out]}
@@ -222,10 +262,11 @@ class LayerTrainer:
             raise ConfigError(f"checkpoint is for a layer of shape {state.get('shape')}, "
                               f"this layer is {[self.d_in, self.d_out]}; resume with the "
                               f"--layers of the run that wrote it")
+        self.graph = None  # new optimizer state and peer mean: a graph is captured anew
         self.layer.load_state_dict(state["layer"])
         self.opt.load_state_dict(state["opt"])
         self.version = int(state["version"])
-        self.peer_mean = state["peer_mean"].to(self.device)
+        self.peer_mean = state["peer_mean"].to(self.device, copy=True)  # stepped in place
         self.loss_scale = float(state.get("loss_scale", self.loss_scale))
         if "dropout_rng" in state:
             self.dropout_gen.set_state(state["dropout_rng"])

@@ -258,7 +258,7 @@ class StageWorker:
             time=now - self.t_start, samples=self.samples,
             samples_per_s=(self.samples - s_prev) / max(now - t_prev, 1e-9),
             means=self.stats.means(), staleness=[s / n for s in self.stale_sum],
-            lr=self.trainer.opt.param_groups[0]["lr"], queue_depth=inbox.depth(),
+            lr=float(self.trainer.opt.param_groups[0]["lr"]), queue_depth=inbox.depth(),
             drops=self.drops, stale_drops=self.stale_drops, rejected=inbox.rejected,
             gaps=inbox.gaps, wait_recv_s=wait_recv, wait_send_s=wait_send)
         self.stats.reset()

@@ -14,7 +14,8 @@ LAYERS = [
     ("config", ["errors", "dataset_info", "config_sections", "config", "overrides", "provenance", "command_line",
                 "train_help"]),
     ("maths, data, run logs, drift", [
-        "allocator", "augment", "precision", "ff", "ff_grad", "optimizers", "layer_trainer", "evaluation",
+        "allocator", "augment", "precision", "ff", "ff_grad", "optimizers", "step_graph", "layer_trainer",
+        "evaluation",
         "linear_probes", "datasets", "idx", "batches", "runlog", "records", "run_folder",
         "tensorboard_mirror", "drift", "drift.metrics", "drift.monitor", "drift.page_hinkley",
         "drift.probe_set", "ff_model", "prediction_files"]),
