@@ -13,7 +13,8 @@
 #      fp32 / bf16 / fp16: GEMM-only TFLOP/s, train-step rate per layer alone, lockstep,
 #      each pipelined stage, and the ratio achieved / GEMM-only; peak CUDA memory
 #   3. the same network trained 3 epochs, lockstep and pipelined, bf16: samples/s, and
-#      device_bytes_sent per stage (> 0 = stage-to-stage activations never left the GPU)
+#      device_bytes_sent per stage (> 0 = stage-to-stage activations never left the GPU);
+#      at batch 100 also with --train.step_graph off (eager steps against CUDA-graph ones)
 set -u
 OUT=${OUT:-.}
 export PYTHONUNBUFFERED=1
@@ -29,7 +30,7 @@ P4="--layers 784,2000,2000,2000,2000 --devices cuda:0,cuda:0,cuda:0,cuda:0"
 nvidia-smi -L
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_capability())"
 echo "== 1. CUDA tests"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda.py tests/unit/test_device_ring.py tests/unit/test_precision.py 2>&1 | tail -8
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda.py tests/unit/test_device_ring.py tests/unit/test_precision.py tests/unit/test_step_graph.py 2>&1 | tail -8
 for B in 100 1000; do
   echo "== 2. roofline, batch $B"
   timeout 200 python3 -m pipeline bench roofline $P4 --batch-size $B --reps 2 \
@@ -41,6 +42,9 @@ for B in 100 1000; do
     D=$([ $S = lockstep ] && echo "--train.device cuda --layers 784,2000,2000,2000,2000" || echo "$P4")
     timeout 120 python3 -m pipeline train --schedule $S $D --batch-size $B --epochs 3 \
       --train.precision bf16 --eval-every 0 --probe-every 0 --out $R/$S-b$B 2>&1 | tail -2
+    [ $B = 100 ] && timeout 120 python3 -m pipeline train --schedule $S $D --batch-size $B \
+      --epochs 3 --train.precision bf16 --eval-every 0 --probe-every 0 --train.step_graph off \
+      --out $R/$S-b$B-eager 2>&1 | tail -2
   done
 done
 python3 - <<'PY'
