@@ -161,15 +161,7 @@ class LayerTrainer:
                                 "skips the attempt)", self.index, e)
                     self.graph.release(lr)
                     self.graph, self.use_graph = None, False
-        lin, train = self.layer.linear, self.cfg.train
-        s = layer_step_grads(lin.weight, lin.bias, pos, neg,
-                             normalization=self.cfg.model.normalization,
-                             compute_dtype=self.layer.compute_dtype,
-                             goodness=self.cfg.model.goodness, loss=train.loss,
-                             theta=self.theta, alpha=self.alpha,
-                             peer_lambda=train.peer_lambda, peer_mean=self.peer_mean,
-                             grad_scale=self.loss_scale, dropout=train.dropout,
-                             generator=self.dropout_gen)
+        s = self.grads(pos, neg)
         loss_value = s.loss.item()
         if self._step_if_finite(s, loss_value):
             self.version += 1
@@ -181,6 +173,18 @@ class LayerTrainer:
                  "g_neg": s.g_neg.mean().item()}
         B = len(pos)
         return self.output(s.h[:B], s.norms[:B]), self.output(s.h[B:], s.norms[B:]), stats
+
+    def grads(self, pos: torch.Tensor, neg: torch.Tensor) -> StepGrads:
+        """This layer's loss and gradients on (pos, neg) (`ff_grad`); nothing changes."""
+        lin, train = self.layer.linear, self.cfg.train
+        return layer_step_grads(lin.weight, lin.bias, pos, neg,
+                                normalization=self.cfg.model.normalization,
+                                compute_dtype=self.layer.compute_dtype,
+                                goodness=self.cfg.model.goodness, loss=train.loss,
+                                theta=self.theta, alpha=self.alpha,
+                                peer_lambda=train.peer_lambda, peer_mean=self.peer_mean,
+                                grad_scale=self.loss_scale, dropout=train.dropout,
+                                generator=self.dropout_gen)
 
     def _graph_step(self, pos: torch.Tensor, neg: torch.Tensor, lr: float):
         out_pos, out_neg, stats, taken = self.graph.step(pos, neg, lr)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import step_graph_unsupported
-from pipeline.ff_grad import layer_step_grads
 
 WARMUP_STEPS = 2  # eager steps (side stream) before capture: the optimizer's state exists
 
@@ -77,13 +76,8 @@ class StepGraph:
 
     def _body(self) -> None:
         tr = self.tr
-        lin, train = tr.layer.linear, tr.cfg.train
-        s = layer_step_grads(lin.weight, lin.bias, self.pos, self.neg,
-                             normalization=tr.cfg.model.normalization,
-                             compute_dtype=tr.layer.compute_dtype,
-                             goodness=tr.cfg.model.goodness, loss=train.loss,
-                             theta=tr.theta, alpha=tr.alpha,
-                             peer_lambda=train.peer_lambda, peer_mean=tr.peer_mean)
+        lin = tr.layer.linear
+        s = tr.grads(self.pos, self.neg)  # loss scale 1 and no dropout: see `wanted`
         checks = torch.stack([s.loss.float(), torch.dot(s.grad_w.view(-1), s.grad_w.view(-1)),
                               torch.dot(s.grad_b, s.grad_b)])
         torch.logical_not(torch.isfinite(checks).all(), out=self.found_inf)
