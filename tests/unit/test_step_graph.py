@@ -139,3 +139,31 @@ def test_a_failed_capture_falls_back_to_the_eager_step(monkeypatch, caplog):
     group = graphed.opt.param_groups[0]
     assert isinstance(group["lr"], float) and group["capturable"] is False
     assert sum("steps eagerly" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_graph_body_never_reads_a_value_on_the_host():
+    """What would break a CUDA-graph capture: a tensor value read on the host (`.item()`,
+    `bool(t)`, `.tolist()`: all dispatch to `_local_scalar_dense`), here recorded on the
+    CPU twin of the body, with peer normalization on."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostReads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.reads = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten._local_scalar_dense,
+                                       torch.ops.aten.is_nonzero, torch.ops.aten.item):
+                self.reads.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    tr = trainer("on", ("train.peer_lambda", "0.03"))
+    for progress, pos, neg in batches(3, odd_every=100, bad_at=-1):
+        tr.train_step(pos, neg, progress)
+    with HostReads() as mode:
+        tr.graph._body()
+    assert mode.reads == []
+    with HostReads() as mode:  # the check itself sees the eager step's host reads
+        tr.grads(pos, neg).loss.item()
+    assert mode.reads
