@@ -155,20 +155,35 @@ class FFLayer(nn.Module):
 
 
 @torch.no_grad()
+def layer_label_scores(layers: list[nn.Module], x: torch.Tensor, num_classes: int,
+                       strength: float = 1.0, kind: str = "sum",
+                       chunk: int = 1000) -> torch.Tensor:
+    """[N, L, C]: each layer's own goodness for each candidate label."""
+    out = []
+    for start in range(0, len(x), chunk):
+        h = overlay_all(x[start:start + chunk], num_classes, strength)
+        per = []
+        for layer in layers:
+            h = layer(h)
+            per.append(goodness(h, kind).view(-1, num_classes))
+        out.append(torch.stack(per, dim=1))
+    return torch.cat(out)
+
+
+def summed_scores(per_layer: torch.Tensor, skip: int = 1) -> torch.Tensor:
+    """[N, C]: the goodness of layers `skip..` of `layer_label_scores`, added in layer
+    order (what goodness inference ranks labels by)."""
+    total = torch.zeros_like(per_layer[:, 0])
+    for k in range(skip, per_layer.shape[1]):
+        total += per_layer[:, k]
+    return total
+
+
 def label_scores(layers: list[nn.Module], x: torch.Tensor, num_classes: int,
                  strength: float = 1.0, skip: int = 1, kind: str = "sum",
                  chunk: int = 1000) -> torch.Tensor:
     """[N, C] goodness summed over layers `skip..` for each candidate label."""
-    out = []
-    for start in range(0, len(x), chunk):
-        h = overlay_all(x[start:start + chunk], num_classes, strength)
-        total = torch.zeros(len(h), device=h.device)
-        for i, layer in enumerate(layers):
-            h = layer(h)
-            if i >= skip:
-                total += goodness(h, kind)
-        out.append(total.view(-1, num_classes))
-    return torch.cat(out)
+    return summed_scores(layer_label_scores(layers, x, num_classes, strength, kind, chunk), skip)
 
 
 def predict(layers: list[nn.Module], x: torch.Tensor, num_classes: int, **kw) -> torch.Tensor:

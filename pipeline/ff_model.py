@@ -16,7 +16,8 @@ import torch.nn as nn
 
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
-from pipeline.ff import FFLayer, LinearHead, head_features, label_scores, normalize, overlay
+from pipeline.ff import (FFLayer, LinearHead, head_features, label_scores, layer_label_scores,
+                         normalize, overlay)
 from pipeline.precision import DTYPES
 
 CHUNK = 1000  # images per forward pass (label_scores' own chunk), bounding memory
@@ -137,6 +138,20 @@ class FFModel:
 
     def predict(self, x) -> torch.Tensor:
         return self.scores(x).argmax(dim=1)
+
+    def layer_scores(self, x) -> torch.Tensor:
+        """[N, L, C]: each FF layer's own goodness per candidate label (`scores` adds
+        layers skip_layers.. of these, in order: `ff.summed_scores`)."""
+        if self.readout is not None:
+            raise UserError(f"{self.source}: a backprop model has no per-layer goodness")
+        m = self.config
+        x = self.inputs(x)
+        if not len(x):
+            return torch.zeros(0, len(self.layers), self.num_classes)
+        with torch.no_grad():
+            return torch.cat([layer_label_scores(self.layers, x[i:i + CHUNK], self.num_classes,
+                                                 strength=m.label_strength, kind=m.goodness)
+                              for i in range(0, len(x), CHUNK)]).cpu()
 
     def head_scores(self, x) -> torch.Tensor:
         if self.head is None:

@@ -39,6 +39,7 @@ from pipeline.dataset_info import DATASETS
 from pipeline.datasets import Dataset, load_dataset
 from pipeline.errors import UserError
 from pipeline.evaluation import accuracy
+from pipeline.ff import summed_scores
 from pipeline.ff_model import FFModel
 from pipeline.prediction_files import check_out, read_images, write_predictions
 from pipeline.runlog import write_json_atomic
@@ -255,7 +256,15 @@ def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | No
     if ds.image_shape and len(x):
         x = x.view(len(x), *ds.image_shape)  # so a 28x28 model refuses 14x56 images
     result = {"run": str(run), "dataset": ds.name, "split": split, "images": len(y),
-              "inference": model.inference, "accuracy": accuracy(model.predict(x), y)}
+              "inference": model.inference}
+    if model.readout is None:  # one pass gives each layer's goodness and their sum
+        per = model.layer_scores(x)
+        result["accuracy"] = accuracy(
+            summed_scores(per, model.config.skip_layers).argmax(dim=1), y)
+        result["layer_accuracy"] = [accuracy(per[:, k].argmax(dim=1), y)
+                                    for k in range(per.shape[1])]
+    else:
+        result["accuracy"] = accuracy(model.predict(x), y)
     if model.head is not None:
         result["head_accuracy"] = accuracy(model.head_predict(x), y)
     summary = finished_summary(folder)
@@ -314,6 +323,9 @@ def evaluate_main(argv: list[str]) -> int:
     print(f"{r['dataset']} {r['split']} split, {r['images']} images: accuracy by {how} "
           f"{100 * r['accuracy']:.2f}%" + (f", by head {100 * r['head_accuracy']:.2f}%"
                                             if "head_accuracy" in r else ""))
+    if "layer_accuracy" in r:
+        print("each layer's goodness alone: " + ", ".join(
+            f"layer {k} {100 * a:.2f}%" for k, a in enumerate(r["layer_accuracy"])))
     if "run_test_accuracy" in r:
         print(f"the run's own final evaluation: {100 * r['run_test_accuracy']:.2f}%")
     print(f"wrote {r['written_to']}")

@@ -20,7 +20,7 @@ from pipeline.config import load_config, to_dict
 from pipeline.datasets import load_dataset
 from pipeline.errors import UserError
 from pipeline.evaluation import accuracy
-from pipeline.ff import LinearHead, head_features, label_scores, overlay
+from pipeline.ff import LinearHead, head_features, label_scores, overlay, summed_scores
 from pipeline.idx import write_idx
 from pipeline.layer_trainer import LayerTrainer
 from pipeline.model_file import (MODEL_FILE, evaluate, load_run, predict_main, save_model,
@@ -127,6 +127,8 @@ def test_a_backprop_model_file_predicts_with_its_readout(tmp_path, ds):
         logits = net(overlay(ds.x_test, None, 10, cfg.model.label_strength))
     assert torch.equal(model.scores(ds.x_test), logits)
     assert torch.equal(model.predict(ds.x_test), logits.argmax(1))
+    with pytest.raises(UserError, match="no per-layer goodness"):
+        model.layer_scores(ds.x_test)
 
 
 def test_uint8_images_are_scaled_like_the_training_data_and_numpy_is_accepted(run, ds):
@@ -247,6 +249,23 @@ def test_evaluate_writes_accuracy_by_goodness_and_head_for_the_runs_dataset(run,
     assert (folder / "evaluate-synthetic-train.json").exists()
     digits = evaluate(folder, dataset="digits")  # 8x8 = 64 values: the same input size
     assert digits["dataset"] == "digits" and (folder / "evaluate-digits.json").exists()
+
+
+def test_evaluate_reports_each_layers_goodness_alone(run, ds):
+    folder, cfg = run
+    model = load_run(folder)
+    per = model.layer_scores(ds.x_test)
+    assert per.shape == (len(ds.x_test), cfg.n_layers, 10)
+    # the sum over layers skip_layers.. is exactly what inference ranks labels by
+    assert torch.equal(summed_scores(per, cfg.model.skip_layers), model.scores(ds.x_test))
+    layers = load_layers(folder, cfg)
+    for k in range(cfg.n_layers):  # layer k alone: the scores of a net cut after it, skip k
+        alone = label_scores(layers[:k + 1], ds.x_test, 10, strength=cfg.model.label_strength,
+                             skip=k, kind=cfg.model.goodness)
+        assert torch.equal(per[:, k], alone)
+    r = evaluate(folder, write=False)
+    assert r["layer_accuracy"] == [accuracy(per[:, k].argmax(dim=1), ds.y_test)
+                                   for k in range(cfg.n_layers)]
 
 
 def test_the_commands_exit_2_with_one_line_on_stderr(tmp_path, run):
