@@ -308,7 +308,8 @@ def _parser(prog: str, description: str, example: str) -> argparse.ArgumentParse
 
 def evaluate_main(argv: list[str]) -> int:
     p = _parser("ffpipe evaluate", "Accuracy of a trained run on a dataset of the same image "
-                "size: by goodness (by the readout for backprop) and by the linear head.",
+                "size: by goodness (by the readout for backprop), by each FF layer's "
+                "goodness alone, and by the linear head.",
                 "example: ffpipe evaluate runs/first --dataset mnist --data-dir ~/data/mnist")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="dataset to evaluate on (default: the run's own, with its split)")
