@@ -51,15 +51,15 @@ def steady_faults(mode: str) -> int:
 
 
 def test_a_stage_loop_reuses_freed_memory():
+    from pipeline.allocator import keep_freed_memory
+    assert keep_freed_memory()  # the knob is there to set on glibc
     kept = steady_faults("on")
-    # Without the knob most steps fault a few hundred fresh pages; with it the heap still
-    # grows now and then (0-1,100 pages over the 50 steps here, against 6,000-22,000).
-    # glibc's own adaptive threshold sometimes happens to settle so that a default run
-    # faults almost nothing too (~1 run in 10, 4 faults): that run shows nothing about the
-    # knob, so the default side gets up to three tries.
-    defaults = []
-    for _ in range(3):
-        defaults.append(steady_faults("off"))
-        if kept * 3 < defaults[-1]:
-            break
-    assert kept * 3 < max(defaults), (kept, defaults)
+    # One step allocates, among others, a fresh float32 weight gradient of 1000 x 1000:
+    # served from new pages every time, that alone would fault ~980 pages per step, ~49,000
+    # over the 50 measured steps. With the knob the heap still grows now and then (0-1,100
+    # pages here). glibc's defaults are not the baseline: its adaptive mmap threshold often
+    # settles so that the default loop faults almost nothing after warm-up too (4-5 pages
+    # in some runs; 4,700-22,000, most often ~14,500, in others), so only the knob's side
+    # is asserted: a default run fails this bound in most runs, the knob's never has.
+    fresh = 50 * (1000 * 1000 * 4) // 4096
+    assert kept * 10 < fresh, (kept, fresh)
