@@ -16,11 +16,11 @@ import torch.nn as nn
 
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
-from pipeline.ff import (FFLayer, LinearHead, head_features, label_scores, layer_label_scores,
-                         normalize, overlay)
+from pipeline.ff import (FFLayer, LinearHead, head_features, layer_label_scores, normalize,
+                         overlay, summed_scores)
 from pipeline.precision import DTYPES
 
-CHUNK = 1000  # images per forward pass (label_scores' own chunk), bounding memory
+CHUNK = 1000  # images per forward pass (layer_label_scores' own chunk), bounding memory
 
 
 def _model_config(table: dict) -> ModelConfig:
@@ -114,10 +114,12 @@ class FFModel:
         return x.reshape(len(x), -1).to(self.device)
 
     @torch.no_grad()
-    def _chunked(self, x, fn) -> torch.Tensor:
+    def _chunked(self, x, fn, per_image: tuple[int, ...] | None = None) -> torch.Tensor:
+        """`fn` over `x` in chunks of CHUNK images; `per_image` is the shape of one image's
+        result (default: one score per label), for an empty `x`."""
         x = self.inputs(x)
         if not len(x):
-            return torch.zeros(0, self.num_classes)
+            return torch.zeros(0, *(per_image or (self.num_classes,)))
         return torch.cat([fn(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)]).cpu()
 
     def _readout(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,9 +134,7 @@ class FFModel:
         m = self.config
         if self.readout is not None:
             return self._chunked(x, self._readout)
-        return self._chunked(x, lambda c: label_scores(
-            self.layers, c, self.num_classes, strength=m.label_strength,
-            skip=m.skip_layers, kind=m.goodness))
+        return summed_scores(self.layer_scores(x), m.skip_layers)
 
     def predict(self, x) -> torch.Tensor:
         return self.scores(x).argmax(dim=1)
@@ -145,13 +145,9 @@ class FFModel:
         if self.readout is not None:
             raise UserError(f"{self.source}: a backprop model has no per-layer goodness")
         m = self.config
-        x = self.inputs(x)
-        if not len(x):
-            return torch.zeros(0, len(self.layers), self.num_classes)
-        with torch.no_grad():
-            return torch.cat([layer_label_scores(self.layers, x[i:i + CHUNK], self.num_classes,
-                                                 strength=m.label_strength, kind=m.goodness)
-                              for i in range(0, len(x), CHUNK)]).cpu()
+        return self._chunked(x, lambda c: layer_label_scores(
+            self.layers, c, self.num_classes, strength=m.label_strength, kind=m.goodness),
+            per_image=(len(self.layers), self.num_classes))
 
     def head_scores(self, x) -> torch.Tensor:
         if self.head is None:

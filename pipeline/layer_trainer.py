@@ -126,7 +126,7 @@ class LayerTrainer:
         self.peer_mean = torch.zeros(self.d_out, device=self.device)
         self.dropout_gen = torch.Generator(device=self.device)
         self.dropout_gen.manual_seed(layer_seed(cfg.train.seed, index, LAYER_DROPOUT))
-        self.use_graph = step_graph.wanted(cfg.train, self.device, self.dtype)
+        self.use_graph = step_graph.wanted(cfg.train, self.device)
         self.graph: step_graph.StepGraph | None = None  # built at the first full batch
 
     def set_progress(self, progress: float) -> None:
@@ -187,7 +187,7 @@ class LayerTrainer:
                                 generator=self.dropout_gen)
 
     def _graph_step(self, pos: torch.Tensor, neg: torch.Tensor, lr: float):
-        out_pos, out_neg, stats, taken = self.graph.step(pos, neg, lr)
+        out_pos, out_neg, stats, taken = self.graph.step(pos, neg)
         if taken:
             self._check_weights(lr)
             self.version += 1

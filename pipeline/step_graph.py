@@ -15,7 +15,8 @@ what this module provides:
   moments and step count untouched, and the peer-normalization mean is kept with a
   `where`. One read of four numbers after the replay (loss, goodness of both halves,
   skipped) is the step's only synchronisation;
-- the learning rate in a device tensor (`capturable` Adam), written before each replay.
+- the learning rate in a device tensor (`capturable` Adam), which
+  `LayerTrainer.set_progress` writes before each step.
 
 The arithmetic is the eager step's (`ff_grad.layer_step_grads`); the finite check is the
 exact one (sums of squares of both gradients) that the eager step falls back to.
@@ -33,12 +34,11 @@ from pipeline.config import step_graph_unsupported
 WARMUP_STEPS = 2  # eager steps (side stream) before capture: the optimizer's state exists
 
 
-def wanted(train_cfg, device: torch.device, dtype: torch.dtype) -> bool:
+def wanted(train_cfg, device: torch.device) -> bool:
     """Whether a layer steps through a `StepGraph`: `on` everywhere, `auto` on CUDA, never
-    where `config.step_graph_unsupported` (`config.validate` refuses `on` there) or in
-    float16 (what `auto` precision may resolve to)."""
+    where `config.step_graph_unsupported` (`config.validate` refuses `on` there)."""
     mode = train_cfg.step_graph
-    if mode == "off" or dtype == torch.float16 or step_graph_unsupported(train_cfg):
+    if mode == "off" or step_graph_unsupported(train_cfg):
         return False
     return mode == "on" or device.type == "cuda"
 
@@ -119,13 +119,12 @@ class StepGraph:
         self.graph = graph
         graph.replay()
 
-    def step(self, pos: torch.Tensor, neg: torch.Tensor, lr: float):
-        """One train step on (pos, neg): returns copies of the outputs, the stats and
-        whether the step was taken."""
+    def step(self, pos: torch.Tensor, neg: torch.Tensor):
+        """One train step on (pos, neg) at the lr `LayerTrainer.set_progress` wrote into the
+        device tensor: returns copies of the outputs, the stats and whether the step was
+        taken."""
         self.pos.copy_(pos, non_blocking=True)
         self.neg.copy_(neg, non_blocking=True)
-        for group in self.tr.opt.param_groups:
-            group["lr"].fill_(lr)
         self._run()
         loss, g_pos, g_neg, skipped = self.stats.tolist()
         return (self.out_pos.clone(), self.out_neg.clone(),
