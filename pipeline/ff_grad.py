@@ -103,13 +103,17 @@ def layer_step_grads(weight: torch.Tensor, bias: torch.Tensor, pos: torch.Tensor
     new_peer = None
     if peer_lambda > 0:
         # term = sum_j (m_j - mean(m))^2, m = 0.9 m_old + 0.1 mean_i h_pos[i] (mean(m)
-        # held constant): dterm/dh_pos[i, j] = 2 (m_j - mean(m)) * 0.1 / B where h > 0.
+        # held constant): dterm/dh_pos[i, j] = 2 (m_j - mean(m)) * 0.1 / B. It reaches the
+        # pre-activation of every unit, active or not (a straight-through ReLU, as in
+        # loeweX/Forward-Forward): through the ReLU's own gradient it would never reach a
+        # dead unit, whose revival is the term's purpose. (The ff term is unaffected: its
+        # gradient is 2 h coef, zero wherever h is.)
         new_peer = 0.9 * peer_mean + 0.1 * h[:B].mean(dim=0)
         spread = new_peer - new_peer.mean()
         value = value + peer_lambda * spread.square().sum()
         d_peer = (2.0 * peer_lambda * 0.1 / B * grad_scale) * spread
         d_pre = h * coef.unsqueeze(1)
-        d_pre[:B] += (h[:B] > 0) * d_peer
+        d_pre[:B] += d_peer
         grad_b, d_low = d_pre.sum(dim=0), d_pre.to(dt)
         d_bound = d_bound + d_peer.abs().amax()
     else:

@@ -149,6 +149,29 @@ class FFModel:
             self.layers, c, self.num_classes, strength=m.label_strength, kind=m.goodness),
             per_image=(len(self.layers), self.num_classes))
 
+    def unit_activity(self, x, labels) -> list[dict]:
+        """Per FF layer, on the images `x` with their true `labels` overlaid (positive
+        data): how many units are never active (`dead`: the FF loss sends them no
+        gradient, so they stay dead) and the mean fraction of units active per image."""
+        if self.readout is not None:
+            raise UserError(f"{self.source}: a backprop model has no FF layers")
+        x = self.inputs(x)
+        labels = torch.as_tensor(labels, device=self.device)
+        on = [torch.zeros(layer.linear.out_features, dtype=torch.bool, device=self.device)
+              for layer in self.layers]
+        active = [0.0] * len(self.layers)
+        with torch.no_grad():
+            for i in range(0, len(x), CHUNK):
+                h = overlay(x[i:i + CHUNK], labels[i:i + CHUNK], self.num_classes,
+                            self.config.label_strength)
+                for k, layer in enumerate(self.layers):
+                    h = layer(h)
+                    positive = h > 0
+                    on[k] |= positive.any(dim=0)
+                    active[k] += float(positive.float().mean(dim=1).sum())
+        return [{"units": len(o), "dead": int((~o).sum()),
+                 "active_fraction": a / max(len(x), 1)} for o, a in zip(on, active)]
+
     def head_scores(self, x) -> torch.Tensor:
         if self.head is None:
             raise UserError(f"{self.source}: this model has no linear head (train with "

@@ -263,6 +263,7 @@ def evaluate(run_dir: str | Path, dataset: str | None = None, data_dir: str | No
             summed_scores(per, model.config.skip_layers).argmax(dim=1), y)
         result["layer_accuracy"] = [accuracy(per[:, k].argmax(dim=1), y)
                                     for k in range(per.shape[1])]
+        result["units"] = model.unit_activity(x, y)
     else:
         result["accuracy"] = accuracy(model.predict(x), y)
     if model.head is not None:
@@ -309,7 +310,8 @@ def _parser(prog: str, description: str, example: str) -> argparse.ArgumentParse
 def evaluate_main(argv: list[str]) -> int:
     p = _parser("ffpipe evaluate", "Accuracy of a trained run on a dataset of the same image "
                 "size: by goodness (by the readout for backprop), by each FF layer's "
-                "goodness alone, and by the linear head.",
+                "goodness alone, and by the linear head; and how many of each FF "
+                "layer's units never fire on those images.",
                 "example: ffpipe evaluate runs/first --dataset mnist --data-dir ~/data/mnist")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="dataset to evaluate on (default: the run's own, with its split)")
@@ -327,6 +329,10 @@ def evaluate_main(argv: list[str]) -> int:
     if "layer_accuracy" in r:
         print("each layer's goodness alone: " + ", ".join(
             f"layer {k} {100 * a:.2f}%" for k, a in enumerate(r["layer_accuracy"])))
+    if "units" in r:
+        print("units never active (dead) on these images, per layer: " + ", ".join(
+            f"{u['dead']}/{u['units']}" for u in r["units"]) + "; mean fraction active: "
+            + ", ".join(f"{u['active_fraction']:.3f}" for u in r["units"]))
     if "run_test_accuracy" in r:
         print(f"the run's own final evaluation: {100 * r['run_test_accuracy']:.2f}%")
     print(f"wrote {r['written_to']}")

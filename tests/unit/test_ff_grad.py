@@ -13,13 +13,17 @@ def autograd_step(layer, pos, neg, *, goodness_kind, loss, theta, alpha, peer_la
                   peer_mean, grad_scale):
     """The textbook step: forward through the module, loss, backward."""
     layer.zero_grad(set_to_none=True)
-    h = layer(torch.cat([pos, neg]))
+    pre = layer.linear(normalize(torch.cat([pos, neg]), layer.normalization))
+    h = torch.relu(pre)
     B = len(pos)
     g_pos, g_neg = goodness(h[:B], goodness_kind), goodness(h[B:], goodness_kind)
     value = symba_loss(g_pos, g_neg, alpha) if loss == "symba" else ff_loss(g_pos, g_neg, theta)
     new_mean = None
     if peer_lambda > 0:
-        m = 0.9 * peer_mean + 0.1 * h[:B].mean(dim=0)
+        # The peer term sees the ReLU as the identity on the way back (straight-through),
+        # so it reaches units that are off: relu(pre) forward, gradient 1 everywhere.
+        through = pre + (h - pre).detach()
+        m = 0.9 * peer_mean + 0.1 * through[:B].mean(dim=0)
         value = value + peer_lambda * (m - m.mean().detach()).pow(2).sum()
         new_mean = m.detach()
     (value * grad_scale).backward()

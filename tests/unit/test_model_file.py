@@ -268,6 +268,27 @@ def test_evaluate_reports_each_layers_goodness_alone(run, ds):
                                    for k in range(cfg.n_layers)]
 
 
+def test_unit_activity_counts_the_units_that_never_fire(run, ds):
+    folder, cfg = run
+    model = load_run(folder)
+    layer = model.layers[0]
+    with torch.no_grad():  # unit 3 can never fire: no weights, a negative bias
+        layer.linear.weight[3] = 0.0
+        layer.linear.bias[3] = -1.0
+    x, y = ds.x_test[:300], ds.y_test[:300]
+    got = model.unit_activity(x, y)
+    h = overlay(model.inputs(x), y, 10, cfg.model.label_strength)
+    for k, layer in enumerate(model.layers):  # the same by hand, one pass, no chunks
+        h = layer(h)
+        fired = h > 0
+        assert got[k]["units"] == cfg.model.layers[k + 1]
+        assert got[k]["dead"] == int((~fired.any(dim=0)).sum())
+        assert got[k]["active_fraction"] == pytest.approx(float(fired.float().mean()))
+    assert got[0]["dead"] >= 1
+    r = evaluate(folder, write=False)
+    assert [u["units"] for u in r["units"]] == cfg.model.layers[1:]
+
+
 def test_the_commands_exit_2_with_one_line_on_stderr(tmp_path, run):
     np.save(tmp_path / "big.npy", np.zeros((3, 28, 28), np.uint8))
     write_run_model(run[0])  # else building it logs a line first
