@@ -94,8 +94,11 @@ def attacked_run(procs, out, *extra, curve_dirs=(None,)):
                 s.curve_serverkey = keys.peer_public
             s.connect(endpoint_for(NetConfig(base_port=base), TARGET, len(LAYERS) - 1))
         # Training is under way (the stage has logged a step) before the first message.
-        wait_for(lambda: trained(out, TARGET), 120, f"stage {TARGET} to train",
-                 interval=0.01)
+        wait_for(lambda: trained(out, TARGET) or run.poll() is not None, 120,
+                 f"stage {TARGET} to train", interval=0.01)
+        if not trained(out, TARGET):
+            pytest.fail(f"the run exited ({run.returncode}) before stage {TARGET} trained: "
+                        f"{run.communicate()[1][-2000:]}")
         yield run, socks
     finally:
         for s in socks:
