@@ -70,7 +70,7 @@ class TrainConfig:
                                    "scores)", choices=("random", "hard"))
     hard_refresh_epochs: int = opt(1, "hard negatives, pipelined: epochs over which the source "
                                       "re-scores the whole training set", lo=1)
-    peer_lambda: float = opt(0.0, "peer-normalization strength (0 = off): lambda * sum over "
+    peer_lambda: float = opt(1e-5, "peer-normalization strength (0 = off): lambda * sum over "
                                   "units of (running mean activity - its mean)^2, its gradient "
                                   "passed to units that are off too (revives dead units)",
                              lo=0.0)
